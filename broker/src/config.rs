@@ -1,0 +1,201 @@
+//! Broker configuration: listeners, limits, sessions and device auth.
+//!
+//! Every field has a documented default; `deploy/herald.example.toml` shows
+//! them all. Values are checked once at startup by [`BrokerConfig::validate`].
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Configuration of the MQTT broker core (`[broker]` in herald.toml).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Plain MQTT listener. Default `0.0.0.0:1883`.
+    pub listen: SocketAddr,
+    /// Optional MQTT-over-TLS listener. Default: none.
+    pub tls: Option<TlsConfig>,
+    /// Most concurrent client connections; past it a CONNECT gets CONNACK
+    /// "server unavailable". Default: the open-file limit minus `fd_reserve`.
+    pub max_connections: Option<usize>,
+    /// File descriptors kept back for Kafka, HTTP and refusing connections
+    /// cleanly when `max_connections` is derived. Default 1024.
+    pub fd_reserve: usize,
+    /// Time a new connection has to send CONNECT. Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Largest MQTT packet accepted from a client, in bytes. Default 1 MiB.
+    pub max_packet_size: u32,
+    /// QoS 1/2 uplinks of one connection waiting for Kafka at once; the
+    /// broker stops reading from that device past it. Advertised to MQTT 5
+    /// clients as Receive Maximum. Default 32.
+    pub max_inflight_uplinks: u16,
+    /// Uplinks waiting for Kafka across all connections. Default 100000.
+    pub max_inflight_uplinks_total: usize,
+    /// QoS 1/2 messages sent to one client and not yet acknowledged. Default 32.
+    pub max_inflight_downlinks: u16,
+    /// Messages queued for one session (offline, or beyond the in-flight
+    /// window); the oldest is dropped and counted past it. Default 1000.
+    pub max_queued_messages: usize,
+    /// How long an offline persistent session is kept: the session expiry of
+    /// 3.1.1 clients with clean session = 0 and the cap on what MQTT 5
+    /// clients ask for. Default 2h.
+    #[serde(with = "humantime_serde")]
+    pub session_expiry: Duration,
+    /// Longest keepalive accepted; longer requests are lowered (MQTT 5 gets
+    /// Server Keep Alive). 0 = no cap. Default 0.
+    pub max_keepalive_secs: u16,
+    /// Whether retained messages are stored. Default true.
+    pub retain_available: bool,
+    /// How long shutdown waits for connections to close. Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Device authentication and topic ACL.
+    pub auth: AuthConfig,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            tls: None,
+            max_connections: None,
+            fd_reserve: 1024,
+            connect_timeout: Duration::from_secs(10),
+            max_packet_size: 1024 * 1024,
+            max_inflight_uplinks: 32,
+            max_inflight_uplinks_total: 100_000,
+            max_inflight_downlinks: 32,
+            max_queued_messages: 1000,
+            session_expiry: Duration::from_secs(2 * 3600),
+            max_keepalive_secs: 0,
+            retain_available: true,
+            shutdown_grace: Duration::from_secs(10),
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+/// TLS listener (`[broker.tls]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Address of the TLS listener, e.g. `0.0.0.0:8883`. Required.
+    pub listen: SocketAddr,
+    /// PEM file with the server certificate chain. Required.
+    pub cert_path: PathBuf,
+    /// PEM file with the server's private key. Required.
+    pub key_path: PathBuf,
+}
+
+/// How clients are authenticated (`[broker.auth]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// Devices sign in with fleet-key credentials and are confined to their
+    /// own topic namespace. The default.
+    Device,
+    /// No authentication and no ACL: for development, or as a general broker.
+    Open,
+}
+
+/// Device authentication and ACL (`[broker.auth]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `device` (default) or `open`.
+    pub mode: AuthMode,
+    /// The fleet key, base64 (standard or URL-safe). Prefer `fleet_key_file`
+    /// or the `HERALD_BROKER__AUTH__FLEET_KEY` environment variable. Default: none.
+    pub fleet_key: Option<String>,
+    /// File holding the fleet key in base64. Default: none.
+    pub fleet_key_file: Option<PathBuf>,
+    /// How far a password's timestamp may be from the broker's clock. Default 15m.
+    #[serde(with = "humantime_serde")]
+    pub password_window: Duration,
+    /// Device ids that may not connect. Default: empty.
+    pub revoked_devices: Vec<String>,
+    /// File with one revoked device id per line (`#` starts a comment),
+    /// re-read when it changes. Default: none.
+    pub revocation_file: Option<PathBuf>,
+    /// First topic level of the device namespaces: devices publish under
+    /// `<prefix>/<device-id>/up/` and subscribe under `<prefix>/<device-id>/down/`.
+    /// Default `devices`.
+    pub topic_prefix: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::Device,
+            fleet_key: None,
+            fleet_key_file: None,
+            password_window: Duration::from_secs(15 * 60),
+            revoked_devices: Vec::new(),
+            revocation_file: None,
+            topic_prefix: "devices".into(),
+        }
+    }
+}
+
+/// A configuration value that cannot work, with the key it belongs to.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration `{key}`: {reason}")]
+pub struct ConfigError {
+    pub key: &'static str,
+    pub reason: String,
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError { key, reason: reason.into() }
+}
+
+impl BrokerConfig {
+    /// Checks values that parse but cannot work together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_packet_size < 64 {
+            return Err(invalid("broker.max_packet_size", "must be at least 64 bytes"));
+        }
+        if self.max_packet_size > 268_435_455 {
+            return Err(invalid("broker.max_packet_size", "MQTT packets cannot exceed 268435455 bytes"));
+        }
+        if self.max_inflight_uplinks == 0 {
+            return Err(invalid("broker.max_inflight_uplinks", "must be at least 1"));
+        }
+        if self.max_inflight_downlinks == 0 {
+            return Err(invalid("broker.max_inflight_downlinks", "must be at least 1"));
+        }
+        if self.max_inflight_uplinks_total < self.max_inflight_uplinks as usize {
+            return Err(invalid(
+                "broker.max_inflight_uplinks_total",
+                "must be at least broker.max_inflight_uplinks",
+            ));
+        }
+        if self.max_connections == Some(0) {
+            return Err(invalid("broker.max_connections", "must be at least 1"));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(invalid("broker.connect_timeout", "must be positive"));
+        }
+        let prefix = &self.auth.topic_prefix;
+        if prefix.is_empty() || prefix.contains(['/', '+', '#']) {
+            return Err(invalid("broker.auth.topic_prefix", "must be one non-empty topic level without / + #"));
+        }
+        if self.auth.mode == AuthMode::Device {
+            match (&self.auth.fleet_key, &self.auth.fleet_key_file) {
+                (None, None) => {
+                    return Err(invalid(
+                        "broker.auth.fleet_key",
+                        "device auth needs a fleet key (fleet_key, fleet_key_file or HERALD_BROKER__AUTH__FLEET_KEY); set broker.auth.mode = \"open\" to run without auth",
+                    ))
+                }
+                (Some(_), Some(_)) => {
+                    return Err(invalid("broker.auth.fleet_key", "set either fleet_key or fleet_key_file, not both"))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}

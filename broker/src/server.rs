@@ -1,0 +1,314 @@
+//! Listeners and lifecycle: binding, accepting, limits, background chores,
+//! and graceful shutdown.
+
+use crate::config::{BrokerConfig, ConfigError, TlsConfig};
+use crate::connection;
+use crate::{Authenticator, Metrics, Registry, Router, Shared, UplinkSink};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    #[error("metrics registration failed: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// A running broker.
+pub struct Broker {
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+    local_addr: SocketAddr,
+    tls_local_addr: Option<SocketAddr>,
+}
+
+impl Broker {
+    /// Validates `config`, raises the open-file limit, binds the listeners and
+    /// starts accepting. Runs until `shutdown` is cancelled.
+    pub async fn start(
+        config: BrokerConfig,
+        sink: Arc<dyn UplinkSink>,
+        registry: &prometheus::Registry,
+        shutdown: CancellationToken,
+    ) -> Result<Broker, BrokerError> {
+        config.validate()?;
+        let auth = Authenticator::new(&config.auth)?;
+        let max_connections = connection_limit(&config);
+        let metrics = Metrics::new(registry)?;
+        metrics.connection_limit.set(max_connections as i64);
+        let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
+
+        let listener = bind(config.listen).await?;
+        let local_addr = listener.local_addr().map_err(|source| BrokerError::Bind { addr: config.listen, source })?;
+        let tls_listener = match &config.tls {
+            Some(tls_config) => Some(bind(tls_config.listen).await?),
+            None => None,
+        };
+        let tls_local_addr = tls_listener.as_ref().and_then(|l| l.local_addr().ok());
+
+        let shared = Arc::new(Shared {
+            uplink_permits: Arc::new(Semaphore::new(config.max_inflight_uplinks_total)),
+            config,
+            auth,
+            registry: Registry::default(),
+            router: Router::default(),
+            sink,
+            metrics,
+            max_connections,
+            connected: AtomicUsize::new(0),
+            revocations: AtomicU64::new(0),
+            shutdown,
+        });
+        let tracker = TaskTracker::new();
+        info!(%local_addr, max_connections, "MQTT listener up");
+        tracker.spawn(accept_loop(shared.clone(), listener, None, tracker.clone()));
+        if let (Some(listener), Some(acceptor)) = (tls_listener, tls) {
+            info!(addr = ?tls_local_addr, "MQTT TLS listener up");
+            tracker.spawn(accept_loop(shared.clone(), listener, Some(acceptor), tracker.clone()));
+        }
+        tracker.spawn(sweep_sessions(shared.clone()));
+        if let Some(path) = shared.config.auth.revocation_file.clone() {
+            tracker.spawn(watch_revocations(shared.clone(), path));
+        }
+        Ok(Broker { shared, tracker, local_addr, tls_local_addr })
+    }
+
+    /// Address of the plain MQTT listener (useful when configured with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Address of the TLS listener, if any.
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.tls_local_addr
+    }
+
+    /// Most connections accepted at once.
+    pub fn connection_limit(&self) -> usize {
+        self.shared.max_connections
+    }
+
+    /// Connections currently past CONNECT.
+    pub fn connection_count(&self) -> usize {
+        self.shared.connected.load(Ordering::Relaxed)
+    }
+
+    /// Waits for shutdown, then for connections to close (up to the
+    /// configured grace period).
+    pub async fn wait(self) {
+        self.shared.shutdown.cancelled().await;
+        self.tracker.close();
+        if tokio::time::timeout(self.shared.config.shutdown_grace, self.tracker.wait()).await.is_err() {
+            warn!(remaining = self.tracker.len(), "shutdown grace period over; dropping connections");
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, BrokerError> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() };
+    let listener = socket
+        .and_then(|s| {
+            s.set_reuseaddr(true)?;
+            s.bind(addr)?;
+            s.listen(4096)
+        })
+        .map_err(|source| BrokerError::Bind { addr, source })?;
+    Ok(listener)
+}
+
+/// Raises the soft open-file limit to the hard limit and derives how many
+/// connections fit, keeping `fd_reserve` descriptors for everything else.
+fn connection_limit(config: &BrokerConfig) -> usize {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(error) => {
+            warn!(%error, "cannot raise the open-file limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(soft, _)| soft).unwrap_or(1024)
+        }
+    };
+    let fits = (limit as usize).saturating_sub(config.fd_reserve).max(1);
+    let max = match config.max_connections {
+        Some(configured) if configured > fits => {
+            warn!(configured, fits, open_file_limit = limit, "broker.max_connections exceeds what the open-file limit allows");
+            configured
+        }
+        Some(configured) => configured,
+        None => fits,
+    };
+    info!(open_file_limit = limit, max_connections = max, "open-file limit raised; sessions this process can hold");
+    max
+}
+
+fn tls_acceptor(config: &TlsConfig) -> Result<TlsAcceptor, BrokerError> {
+    use rustls_pemfile::{certs, private_key};
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| BrokerError::Tls(format!("cannot read {}: {e}", path.display())))
+    };
+    let cert_pem = read(&config.cert_path)?;
+    let key_pem = read(&config.key_path)?;
+    let chain = certs(&mut &cert_pem[..])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| BrokerError::Tls(format!("{}: {e}", config.cert_path.display())))?;
+    if chain.is_empty() {
+        return Err(BrokerError::Tls(format!("{}: no certificate found", config.cert_path.display())));
+    }
+    let key = private_key(&mut &key_pem[..])
+        .map_err(|e| BrokerError::Tls(format!("{}: {e}", config.key_path.display())))?
+        .ok_or_else(|| BrokerError::Tls(format!("{}: no private key found", config.key_path.display())))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let server = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| BrokerError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| BrokerError::Tls(e.to_string()))?;
+    Ok(TlsAcceptor::from(Arc::new(server)))
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: Option<TlsAcceptor>, tracker: TaskTracker) {
+    // Sockets accepted but not yet through CONNECT, or being refused.
+    let handshaking = Arc::new(AtomicUsize::new(0));
+    let mut last_fd_warning: Option<Instant> = None;
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, _peer) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                // EMFILE/ENFILE: out of descriptors. Back off instead of spinning.
+                if last_fd_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    warn!(%error, "accept failed");
+                    last_fd_warning = Some(Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let busy = shared.connected.load(Ordering::Relaxed) + handshaking.load(Ordering::Relaxed);
+        let shared_conn = shared.clone();
+        if busy >= shared.max_connections {
+            // Refusals are cheap but still take a descriptor: cap them.
+            if handshaking.load(Ordering::Relaxed) > shared.config.fd_reserve / 2 {
+                shared.metrics.connects.with_label_values(&["dropped"]).inc();
+                continue;
+            }
+            let guard = HandshakeGuard::new(&handshaking);
+            tracker.spawn(async move {
+                let _guard = guard;
+                connection::refuse_server_unavailable(shared_conn, stream).await;
+            });
+            continue;
+        }
+        let guard = HandshakeGuard::new(&handshaking);
+        match &tls {
+            None => {
+                tracker.spawn(async move {
+                    connection::serve(shared_conn, stream, guard).await;
+                });
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                tracker.spawn(async move {
+                    let timeout = shared_conn.config.connect_timeout;
+                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => connection::serve(shared_conn, tls_stream, guard).await,
+                        Ok(Err(error)) => {
+                            shared_conn.metrics.protocol_errors.with_label_values(&["tls_handshake"]).inc();
+                            tracing::debug!(%error, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            shared_conn.metrics.protocol_errors.with_label_values(&["tls_handshake"]).inc();
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Counts a socket as handshaking until CONNECT is through (or it closed).
+pub(crate) struct HandshakeGuard(Option<Arc<AtomicUsize>>);
+
+impl HandshakeGuard {
+    fn new(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(Some(counter.clone()))
+    }
+
+    /// The connection completed CONNECT and is now counted as connected.
+    pub(crate) fn release(&mut self) {
+        if let Some(counter) = self.0.take() {
+            counter.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for HandshakeGuard {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+async fn sweep_sessions(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let expired = shared.registry.sweep_expired(Instant::now());
+        for session in &expired {
+            shared.router.remove_session(session);
+        }
+        shared.metrics.sessions.sub(expired.len() as i64);
+    }
+}
+
+/// Re-reads the revocation file when it changes and disconnects devices
+/// that are now revoked.
+async fn watch_revocations(shared: Arc<Shared>, path: std::path::PathBuf) {
+    let mut last_modified = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        if modified == last_modified {
+            continue;
+        }
+        match crate::auth::read_revocation_file(&path) {
+            Ok(ids) => {
+                info!(path = %path.display(), revoked = ids.len(), "revocation list loaded");
+                shared.auth.set_revocations(ids);
+                last_modified = modified;
+                shared.revocations.fetch_add(1, Ordering::Relaxed);
+                shared.registry.for_each_attached(|session, attachment| {
+                    if shared.auth.is_revoked(&session.client_id) {
+                        attachment.wake.notify_one();
+                    }
+                });
+            }
+            Err(error) => warn!(path = %path.display(), %error, "cannot read the revocation file"),
+        }
+    }
+}

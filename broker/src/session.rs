@@ -1,0 +1,363 @@
+//! MQTT sessions and the registry that holds them, sharded by client id.
+//!
+//! A session outlives its connections when the client asked for it: it keeps
+//! the subscriptions, the messages queued for the client and the QoS 1/2
+//! messages it has not acknowledged yet. At most one connection is attached;
+//! each connection carries a generation number taken when its CONNECT was
+//! read, and the highest generation wins, so a stale CONNECT that finishes
+//! late can never take a session away from a newer connection.
+
+use crate::codec::{PublishProperties, QoS};
+use bytes::Bytes;
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// A message as it travels from a publisher to subscribers.
+#[derive(Debug, Clone)]
+pub(crate) struct Message {
+    pub topic: Bytes,
+    pub payload: Bytes,
+    pub retain: bool,
+    pub properties: Option<Arc<PublishProperties>>,
+}
+
+/// A message waiting in a session, with the QoS it is delivered at.
+#[derive(Debug, Clone)]
+pub(crate) struct Queued {
+    pub message: Message,
+    pub qos: QoS,
+    pub retain: bool,
+}
+
+/// Where an outbound QoS 1/2 message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OutboundStage {
+    /// PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Published,
+    /// PUBREL sent, waiting for PUBCOMP.
+    Released,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inflight {
+    pub pkid: u16,
+    pub stage: OutboundStage,
+    pub queued: Queued,
+}
+
+/// Subscription options as granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SubOptions {
+    pub qos: QoS,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+}
+
+/// The connection attached to a session.
+#[derive(Debug)]
+pub(crate) struct Attachment {
+    pub generation: u64,
+    /// Wakes the connection's task: new messages, or it has been replaced.
+    pub wake: Arc<Notify>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct SessionState {
+    pub attachment: Option<Attachment>,
+    /// Generation of the last connection that attached (will-delay checks).
+    pub last_generation: u64,
+    /// Set when a clean start threw this session away.
+    pub discarded: bool,
+    pub expiry: Duration,
+    pub offline_since: Option<Instant>,
+    pub subscriptions: Vec<(Box<str>, SubOptions)>,
+    pub queue: VecDeque<Queued>,
+    pub inflight: VecDeque<Inflight>,
+    pub next_pkid: u16,
+    /// QoS 2 packet ids received and not yet released by PUBREL.
+    pub incoming_qos2: Vec<u16>,
+}
+
+impl SessionState {
+    pub fn allocate_pkid(&mut self) -> u16 {
+        loop {
+            self.next_pkid = self.next_pkid.wrapping_add(1);
+            if self.next_pkid != 0 && !self.inflight.iter().any(|i| i.pkid == self.next_pkid) {
+                return self.next_pkid;
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub client_id: Arc<str>,
+    state: Mutex<SessionState>,
+}
+
+/// What happened to a message offered to a session.
+pub(crate) enum Offer {
+    Queued,
+    /// The session's queue was full; the oldest message was dropped.
+    DroppedOldest,
+    /// QoS 0 message for an offline session: not kept.
+    DroppedOffline,
+}
+
+impl Session {
+    fn new(client_id: Arc<str>) -> Self {
+        Self {
+            client_id,
+            state: Mutex::new(SessionState::default()),
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, SessionState> {
+        // A panic while holding the lock cannot leave the state half-written
+        // in a way that matters more than losing the session, so recover.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues a message for the client and wakes its connection.
+    pub fn offer(&self, queued: Queued, max_queued: usize) -> Offer {
+        let mut state = self.lock();
+        if state.attachment.is_none() && queued.qos == QoS::AtMostOnce {
+            return Offer::DroppedOffline;
+        }
+        let mut outcome = Offer::Queued;
+        if state.queue.len() >= max_queued {
+            state.queue.pop_front();
+            outcome = Offer::DroppedOldest;
+        }
+        state.queue.push_back(queued);
+        if let Some(attachment) = &state.attachment {
+            attachment.wake.notify_one();
+        }
+        outcome
+    }
+}
+
+/// What [`Registry::attach`] did.
+pub(crate) enum Attached {
+    /// The connection now owns `session`; `present` tells whether it resumed one.
+    Ok {
+        session: Arc<Session>,
+        present: bool,
+        /// A session thrown away by a clean start, whose subscriptions the
+        /// caller must remove from the router.
+        discarded: Option<Arc<Session>>,
+    },
+    /// A newer connection for this client id got there first.
+    Superseded,
+}
+
+/// All sessions, by client id.
+#[derive(Default)]
+pub(crate) struct Registry {
+    sessions: DashMap<Arc<str>, Arc<Session>>,
+    generations: AtomicU64,
+}
+
+impl Registry {
+    /// Generation number for a CONNECT just read.
+    pub fn next_generation(&self) -> u64 {
+        self.generations.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Attaches connection `generation` to the session of `client_id`,
+    /// taking it over from an older connection if there is one.
+    pub fn attach(
+        &self,
+        client_id: &str,
+        generation: u64,
+        clean_start: bool,
+        expiry: Duration,
+        wake: Arc<Notify>,
+    ) -> Attached {
+        let fresh = |id: Arc<str>| {
+            let session = Arc::new(Session::new(id));
+            {
+                let mut state = session.lock();
+                state.attachment = Some(Attachment { generation, wake: wake.clone() });
+                state.last_generation = generation;
+                state.expiry = expiry;
+            }
+            session
+        };
+        match self.sessions.entry(Arc::from(client_id)) {
+            Entry::Vacant(entry) => {
+                let session = fresh(entry.key().clone());
+                entry.insert(session.clone());
+                Attached::Ok { session, present: false, discarded: None }
+            }
+            Entry::Occupied(mut entry) => {
+                let existing = entry.get().clone();
+                let mut state = existing.lock();
+                if state.last_generation > generation {
+                    return Attached::Superseded;
+                }
+                if let Some(old) = state.attachment.take() {
+                    old.wake.notify_one();
+                }
+                if clean_start {
+                    state.discarded = true;
+                    drop(state);
+                    let session = fresh(entry.key().clone());
+                    entry.insert(session.clone());
+                    return Attached::Ok { session, present: false, discarded: Some(existing) };
+                }
+                state.attachment = Some(Attachment { generation, wake });
+                state.last_generation = generation;
+                state.expiry = expiry;
+                state.offline_since = None;
+                drop(state);
+                Attached::Ok { session: existing, present: true, discarded: None }
+            }
+        }
+    }
+
+    /// Detaches connection `generation`. Returns the session if it ended
+    /// (expiry 0) and was removed, so the caller can unsubscribe it.
+    pub fn detach(&self, session: &Arc<Session>, generation: u64) -> Option<Arc<Session>> {
+        {
+            let mut state = session.lock();
+            match &state.attachment {
+                Some(a) if a.generation == generation => {}
+                _ => return None, // taken over or discarded: not ours to touch
+            }
+            state.attachment = None;
+            state.offline_since = Some(Instant::now());
+            if !state.expiry.is_zero() {
+                return None;
+            }
+        }
+        self.remove_if_offline(session, |_| true)
+    }
+
+    fn remove_if_offline(
+        &self,
+        session: &Arc<Session>,
+        expired: impl Fn(&SessionState) -> bool,
+    ) -> Option<Arc<Session>> {
+        self.sessions
+            .remove_if(&session.client_id, |_, current| {
+                if !Arc::ptr_eq(current, session) {
+                    return false;
+                }
+                let state = current.lock();
+                state.attachment.is_none() && expired(&state)
+            })
+            .map(|(_, s)| s)
+    }
+
+    /// Removes offline sessions whose expiry has passed.
+    pub fn sweep_expired(&self, now: Instant) -> Vec<Arc<Session>> {
+        let is_expired = |state: &SessionState| {
+            state
+                .offline_since
+                .is_some_and(|since| now.saturating_duration_since(since) >= state.expiry)
+        };
+        let candidates: Vec<Arc<Session>> = self
+            .sessions
+            .iter()
+            .filter(|entry| {
+                let state = entry.value().lock();
+                state.attachment.is_none() && is_expired(&state)
+            })
+            .map(|entry| entry.value().clone())
+            .collect();
+        candidates
+            .iter()
+            .filter_map(|session| self.remove_if_offline(session, is_expired))
+            .collect()
+    }
+
+    /// Wakes every attached connection (used at shutdown and revocation).
+    pub fn for_each_attached(&self, mut f: impl FnMut(&Arc<Session>, &Attachment)) {
+        for entry in self.sessions.iter() {
+            let state = entry.value().lock();
+            if let Some(attachment) = &state.attachment {
+                f(entry.value(), attachment);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attach(reg: &Registry, id: &str, generation: u64, clean: bool) -> Attached {
+        reg.attach(id, generation, clean, Duration::from_secs(60), Arc::new(Notify::new()))
+    }
+
+    #[test]
+    fn newest_generation_wins_even_when_it_attaches_first() {
+        let reg = Registry::default();
+        assert!(matches!(attach(&reg, "d", 5, false), Attached::Ok { present: false, .. }));
+        // A CONNECT read earlier (generation 3) that finishes late must lose.
+        assert!(matches!(attach(&reg, "d", 3, false), Attached::Superseded));
+        let Attached::Ok { session, present, .. } = attach(&reg, "d", 7, false) else { panic!() };
+        assert!(present);
+        assert_eq!(session.lock().attachment.as_ref().map(|a| a.generation), Some(7));
+        // The replaced connection's detach must not touch the session.
+        assert!(reg.detach(&session, 5).is_none());
+        assert!(session.lock().attachment.is_some());
+    }
+
+    #[test]
+    fn clean_start_discards_and_expiry_zero_removes() {
+        let reg = Registry::default();
+        let Attached::Ok { session: first, .. } = attach(&reg, "d", 1, false) else { panic!() };
+        let Attached::Ok { session: second, discarded, present } = attach(&reg, "d", 2, true) else { panic!() };
+        assert!(!present);
+        assert!(Arc::ptr_eq(&discarded.unwrap(), &first));
+        assert!(first.lock().discarded);
+        second.lock().expiry = Duration::ZERO;
+        assert!(reg.detach(&second, 2).is_some());
+        assert_eq!(reg.len(), 0);
+    }
+
+    #[test]
+    fn offline_sessions_expire() {
+        let reg = Registry::default();
+        let Attached::Ok { session, .. } = attach(&reg, "d", 1, false) else { panic!() };
+        assert!(reg.detach(&session, 1).is_none());
+        assert!(reg.sweep_expired(Instant::now()).is_empty());
+        assert_eq!(reg.sweep_expired(Instant::now() + Duration::from_secs(61)).len(), 1);
+        assert_eq!(reg.len(), 0);
+    }
+
+    #[test]
+    fn offline_sessions_keep_qos1_but_not_qos0() {
+        let session = Session::new("d".into());
+        let msg = |qos| Queued {
+            message: Message { topic: Bytes::from_static(b"t"), payload: Bytes::new(), retain: false, properties: None },
+            qos,
+            retain: false,
+        };
+        assert!(matches!(session.offer(msg(QoS::AtMostOnce), 2), Offer::DroppedOffline));
+        assert!(matches!(session.offer(msg(QoS::AtLeastOnce), 2), Offer::Queued));
+        assert!(matches!(session.offer(msg(QoS::AtLeastOnce), 2), Offer::Queued));
+        assert!(matches!(session.offer(msg(QoS::AtLeastOnce), 2), Offer::DroppedOldest));
+        assert_eq!(session.lock().queue.len(), 2);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+    pub(crate) fn session(id: &str) -> Arc<Session> {
+        Arc::new(Session::new(id.into()))
+    }
+}
