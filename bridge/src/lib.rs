@@ -1,1 +1,28 @@
-pub fn x(){}
+//! Herald's Kafka bridge.
+//!
+//! [`KafkaUplinkSink`] implements the broker's `UplinkSink` with an
+//! idempotent rdkafka producer (acks=all): each device uplink that matches a
+//! topic rule becomes a Kafka record keyed by device id, and the broker's
+//! PUBACK waits for Kafka's acknowledgement. [`KafkaHealth`] tells `/readyz`
+//! whether Kafka is reachable.
+
+mod config;
+mod health;
+mod producer;
+mod rules;
+
+pub use config::{KafkaConfig, UplinkRule};
+pub use health::KafkaHealth;
+pub use producer::{header, KafkaUplinkSink};
+pub use rules::TopicRules;
+
+/// Errors at the bridge's boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    #[error("invalid configuration `{key}`: {reason}")]
+    Config { key: String, reason: String },
+    #[error("Kafka client: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("metrics registration failed: {0}")]
+    Metrics(#[from] prometheus::Error),
+}

@@ -82,13 +82,17 @@ pub fn read(
     }
     match version {
         ProtocolVersion::V5 => {
-            // rumqttc refuses a DISCONNECT or AUTH without a body, which MQTT 5
-            // allows (it means reason code 0x00).
-            if buf.len() >= 2 && buf[1] == 0 && buf[0] == 0xE0 {
-                let _ = buf.split_to(2);
-                return Ok(Some(Packet::Disconnect(Disconnect::new(
-                    DisconnectReasonCode::NormalDisconnection,
-                ))));
+            // rumqttc refuses the short DISCONNECT forms MQTT 5 allows: no
+            // body (reason 0x00) or a reason code without properties.
+            if buf.first() == Some(&0xE0) && buf.len() >= 2 && buf[1] <= 1 {
+                if buf[1] == 1 && buf.len() < 3 {
+                    return Ok(None);
+                }
+                let code = if buf[1] == 0 { 0 } else { buf[2] };
+                let _ = buf.split_to(2 + usize::from(buf[1]));
+                let code = DisconnectReasonCode::try_from(code)
+                    .map_err(|_| CodecError::Malformed(format!("unknown DISCONNECT reason code {code:#x}")))?;
+                return Ok(Some(Packet::Disconnect(Disconnect::new(code))));
             }
             match Packet::read(buf, Some(max_size as u32)) {
                 Ok(packet) => Ok(Some(packet)),
@@ -117,7 +121,15 @@ pub fn read(
 /// write nothing for a 3.1.1 client; the caller decides what to do instead.
 pub fn write(version: ProtocolVersion, packet: &Packet, buf: &mut BytesMut) -> Result<(), CodecError> {
     let result = match version {
-        ProtocolVersion::V5 => packet.write(buf, None).map(drop).map_err(|e| e.to_string()),
+        // rumqttc writes a stray property-length byte after a short
+        // DISCONNECT; the 3-byte form is what MQTT 5 §3.14.2.2 allows.
+        ProtocolVersion::V5 => match packet {
+            Packet::Disconnect(Disconnect { reason_code, properties: None }) => {
+                buf.extend_from_slice(&[0xE0, 0x01, *reason_code as u8]);
+                Ok(())
+            }
+            _ => packet.write(buf, None).map(drop).map_err(|e| e.to_string()),
+        },
         ProtocolVersion::V311 => match to_v4(packet) {
             Some(p) => p.write(buf, usize::MAX).map(drop).map_err(|e| e.to_string()),
             None => Ok(()),
@@ -323,6 +335,16 @@ mod tests {
             read(ProtocolVersion::V5, &mut empty_disconnect, 1024).unwrap(),
             Some(Packet::Disconnect(_))
         ));
+    }
+
+    #[test]
+    fn short_v5_disconnect_round_trips() {
+        let mut out = BytesMut::new();
+        let packet = Packet::Disconnect(Disconnect::new(DisconnectReasonCode::KeepAliveTimeout));
+        write(ProtocolVersion::V5, &packet, &mut out).unwrap();
+        assert_eq!(&out[..], &[0xE0, 0x01, 0x8D]);
+        assert_eq!(read(ProtocolVersion::V5, &mut out, 1024).unwrap(), Some(packet));
+        assert!(out.is_empty());
     }
 
     #[test]

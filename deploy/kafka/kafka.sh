@@ -162,12 +162,21 @@ run_tool() {
 # server.properties. A zombie has an empty cmdline and counts as gone.
 broker_pid() {
   local pid
-  [[ -f $PID_FILE ]] || return 1
-  pid=$(<"$PID_FILE")
+  { read -r pid <"$PID_FILE"; } 2>/dev/null || return 1
   [[ $pid =~ ^[0-9]+$ ]] || return 1
   [[ -r /proc/$pid/cmdline ]] || return 1
   tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qxF -- "$PROPS" || return 1
   echo "$pid"
+}
+
+# True while process $1 exists and is not a zombie. Unlike broker_pid this does not look at the
+# command line, which right after the fork still shows kafka.sh until the exec of java.
+alive() {
+  local stat
+  # (read, not $(<file): a failed $(<file) ends the whole script under set -e)
+  { read -r stat <"/proc/$1/stat"; } 2>/dev/null || return 1
+  stat=${stat##*) } # drop "pid (comm) ", comm may contain spaces
+  [[ ${stat%% *} != Z ]]
 }
 
 # True if something accepts TCP connections on 127.0.0.1:$1.
@@ -177,9 +186,13 @@ port_open() { (exec 3<>"/dev/tcp/$KAFKA_HOST/$1") 2>/dev/null; }
 # A bound port is not enough: Kafka binds early and only processes requests once it caught up
 # with the metadata log and was unfenced. A raw Metadata v4 request from Python costs a few
 # milliseconds, a JVM-based tool a second or more, so the JVM is only the fallback.
+# The system python3 is preferred: wrappers such as pyenv shims cost ~0.1 s per call.
 serving() {
-  if command -v python3 >/dev/null; then
-    python3 - "$KAFKA_HOST" "$KAFKA_PORT" <<'PY' 2>/dev/null
+  local py
+  py=$(command -v /usr/bin/python3 || command -v python3 || true)
+  port_open "$KAFKA_PORT" || return 1
+  if [[ -n $py ]]; then
+    "$py" - "$KAFKA_HOST" "$KAFKA_PORT" <<'PY' 2>/dev/null
 import socket, struct, sys
 host, port = sys.argv[1], int(sys.argv[2])
 def recv(sock, n):
@@ -205,9 +218,8 @@ except Exception:
     sys.exit(1)
 PY
   else
-    port_open "$KAFKA_PORT" &&
-      (KAFKA_TOOLS_OPTS='' timeout 20 "$0" run org.apache.kafka.tools.BrokerApiVersionsCommand \
-        --bootstrap-server "$BOOTSTRAP" >/dev/null 2>&1)
+    (KAFKA_TOOLS_OPTS='' timeout 20 "$0" run org.apache.kafka.tools.BrokerApiVersionsCommand \
+      --bootstrap-server "$BOOTSTRAP" >/dev/null 2>&1)
   fi
 }
 
@@ -324,7 +336,7 @@ format_storage() {
 wait_serving() {
   local pid=$1 deadline=$((SECONDS + KAFKA_START_TIMEOUT))
   until serving; do
-    if ! broker_pid >/dev/null; then
+    if ! alive "$pid"; then
       log "the broker (pid $pid) exited during startup; last lines of its logs:"
       tail -n 30 "$OUT_LOG" "$SERVER_LOG" >&2 2>/dev/null || true
       return 1
@@ -361,20 +373,26 @@ start() {
   write_properties
   format_storage
   echo "=== $(date -Is) starting Kafka $KAFKA_VERSION" >>"$OUT_LOG"
-  # Detached: own session (setsid) so the caller's terminal or process group signals don't
-  # reach it, stdin/stdout/stderr away from the caller (a caller reading our stdout must not
-  # wait for the broker), and the lock fd closed so the lock is released when we return.
   cds_setup
-  # shellcheck disable=SC2086 # the *_OPTS are word lists
-  setsid nohup "$JAVA" $KAFKA_HEAP_OPTS "${CDS_OPTS[@]}" \
-    -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
-    -XX:+ExplicitGCInvokesConcurrent -XX:MaxInlineLevel=15 -XX:+ExitOnOutOfMemoryError \
-    -Djava.awt.headless=true \
-    -Dlog4j2.configurationFile="$SCRIPT_DIR/log4j2.xml" -Dkafka.logs.dir="$LOG_DIR" \
-    -Dherald.kafka.log.level="$KAFKA_LOG_LEVEL" \
-    $KAFKA_JVM_OPTS \
-    -cp "$LIBS/*" kafka.Kafka "$PROPS" \
-    </dev/null >>"$OUT_LOG" 2>&1 {lock}>&- &
+  # Detached: own session (setsid), so signals for the caller's terminal or process group
+  # don't reach it; stdin/stdout/stderr and every other inherited fd (our lock, a caller's
+  # pipes) closed or redirected, so no caller waits for EOF while the broker runs and the
+  # lock is released when we return. The subshell execs into java: $! is the broker's pid.
+  (
+    for fd in /proc/self/fd/*; do
+      fd=${fd##*/}
+      if ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null || true; fi
+    done
+    # shellcheck disable=SC2086 # the *_OPTS are word lists
+    exec setsid nohup "$JAVA" $KAFKA_HEAP_OPTS "${CDS_OPTS[@]}" \
+      -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
+      -XX:+ExplicitGCInvokesConcurrent -XX:MaxInlineLevel=15 -XX:+ExitOnOutOfMemoryError \
+      -Djava.awt.headless=true \
+      -Dlog4j2.configurationFile="$SCRIPT_DIR/log4j2.xml" -Dkafka.logs.dir="$LOG_DIR" \
+      -Dherald.kafka.log.level="$KAFKA_LOG_LEVEL" \
+      $KAFKA_JVM_OPTS \
+      -cp "$LIBS/*" kafka.Kafka "$PROPS"
+  ) </dev/null >>"$OUT_LOG" 2>&1 &
   pid=$!
   echo "$pid" >"$PID_FILE"
   log "started Kafka $KAFKA_VERSION (pid $pid, dir $KAFKA_DIR), waiting for it to serve"

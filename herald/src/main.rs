@@ -1,1 +1,172 @@
-fn main(){}
+//! The `herald` command: runs the server, and helps provision devices.
+
+mod config;
+mod http;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use config::{HeraldConfig, LogFormat};
+use herald_bridge::{KafkaHealth, KafkaUplinkSink};
+use herald_broker::Broker;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "herald", version, about = "MQTT broker and Kafka bridge for payment terminals")]
+struct Cli {
+    /// Configuration file (TOML). Environment variables HERALD_<SECTION>__<KEY> override it.
+    #[arg(short, long, global = true, env = "HERALD_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker and the Kafka bridge.
+    Run,
+    /// Check the configuration and print it with every default filled in.
+    CheckConfig,
+    /// Print a device's provisioning secret and a password valid now.
+    Credentials {
+        /// The device id (also its MQTT client id).
+        device_id: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = CredentialFormat::Text)]
+        format: CredentialFormat,
+    },
+    /// Generate a new random fleet key (base64).
+    FleetKey,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CredentialFormat {
+    /// Human-readable, with a mosquitto_pub example.
+    Text,
+    /// Shell variable assignments: HERALD_DEVICE_ID, HERALD_DEVICE_SECRET, HERALD_PASSWORD.
+    Env,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::FleetKey => {
+            use base64::Engine as _;
+            let mut key = [0u8; 32];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+                .map_err(|_| anyhow::anyhow!("no system randomness"))?;
+            println!("{}", base64::engine::general_purpose::STANDARD.encode(key));
+            Ok(())
+        }
+        Command::CheckConfig => {
+            let config = HeraldConfig::load(cli.config.as_deref())?;
+            println!("{config:#?}");
+            Ok(())
+        }
+        Command::Credentials { device_id, format } => {
+            let config = HeraldConfig::load(cli.config.as_deref())?;
+            print_credentials(&config, &device_id, format)
+        }
+        Command::Run => {
+            let config = HeraldConfig::load(cli.config.as_deref())?;
+            init_tracing(&config.log);
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the tokio runtime")?
+                .block_on(run(config))
+        }
+    }
+}
+
+fn init_tracing(log: &config::LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn run(config: HeraldConfig) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let registry = prometheus::Registry::new();
+    #[cfg(target_os = "linux")]
+    registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+
+    let sink = Arc::new(KafkaUplinkSink::new(&config.kafka, &registry).context("cannot create the Kafka producer")?);
+    let kafka_health = KafkaHealth::spawn(
+        sink.producer().clone(),
+        config.kafka.healthcheck_interval,
+        &registry,
+        shutdown.clone(),
+    )?;
+    let broker = Broker::start(config.broker.clone(), sink.clone(), &registry, shutdown.clone()).await?;
+    let http = http::serve(config.http.listen, registry, kafka_health, shutdown.clone()).await?;
+
+    tokio::spawn(wait_for_signal(shutdown.clone()));
+    broker.wait().await;
+    tracing::info!("flushing the Kafka producer");
+    let flusher = sink.clone();
+    tokio::task::spawn_blocking(move || flusher.flush(Duration::from_secs(10))).await?;
+    let _ = http.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("shutdown requested");
+    shutdown.cancel();
+}
+
+fn print_credentials(config: &HeraldConfig, device_id: &str, format: CredentialFormat) -> anyhow::Result<()> {
+    herald_identity::validate_device_id(device_id).map_err(|e| anyhow::anyhow!("{device_id:?}: {e}"))?;
+    let auth = &config.broker.auth;
+    let key_text = match (&auth.fleet_key, &auth.fleet_key_file) {
+        (Some(key), _) => key.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        (None, None) => anyhow::bail!("no fleet key configured (broker.auth.fleet_key or fleet_key_file)"),
+    };
+    use base64::Engine as _;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(key_text.trim())
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(key_text.trim().trim_end_matches('=')))
+        .context("broker.auth.fleet_key is not base64")?;
+    let secret = herald_identity::FleetKey::new(&key).device_secret(device_id);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let password = secret.password(device_id, now);
+    let prefix = &auth.topic_prefix;
+    match format {
+        CredentialFormat::Env => {
+            println!("HERALD_DEVICE_ID={device_id}");
+            println!("HERALD_DEVICE_SECRET={}", secret.to_base64());
+            println!("HERALD_PASSWORD={password}");
+        }
+        CredentialFormat::Text => {
+            let window = humantime::format_duration(auth.password_window);
+            println!("device id / MQTT client id / username: {device_id}");
+            println!("device secret (provision into the device): {}", secret.to_base64());
+            println!("MQTT password (valid for {window} around now): {password}");
+            println!("uplink namespace:   {prefix}/{device_id}/up/...");
+            println!("downlink namespace: {prefix}/{device_id}/down/...");
+            println!();
+            println!("mosquitto_pub -h 127.0.0.1 -p {} -q 1 -i {device_id} -u {device_id} -P '{password}' -t {prefix}/{device_id}/up/scan -m 'hello'", config.broker.listen.port());
+        }
+    }
+    Ok(())
+}

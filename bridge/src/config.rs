@@ -1,0 +1,83 @@
+//! Kafka bridge configuration (`[kafka]` in herald.toml).
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How Herald talks to Kafka.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Kafka bootstrap servers, comma separated. Default `127.0.0.1:9092`.
+    pub bootstrap_servers: String,
+    /// Kafka client id. Default `herald`.
+    pub client_id: String,
+    /// How long the producer keeps trying to deliver an uplink before the
+    /// device gets a failure (librdkafka `message.timeout.ms`). Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub delivery_timeout: Duration,
+    /// How often Kafka's reachability is checked for `/readyz`. Default 5s.
+    #[serde(with = "humantime_serde")]
+    pub healthcheck_interval: Duration,
+    /// Rules mapping MQTT uplink topics to Kafka topics, tried in order.
+    /// Default: the four terminal uplinks, see [`UplinkRule::defaults`].
+    pub uplink_rules: Vec<UplinkRule>,
+    /// Extra librdkafka producer properties, passed through as they are
+    /// (e.g. `"compression.type" = "lz4"`, `"security.protocol" = "ssl"`).
+    /// Properties Herald sets itself are refused here. Default: empty.
+    pub producer_options: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            client_id: "herald".into(),
+            delivery_timeout: Duration::from_secs(30),
+            healthcheck_interval: Duration::from_secs(5),
+            uplink_rules: UplinkRule::defaults(),
+            producer_options: BTreeMap::new(),
+        }
+    }
+}
+
+/// One uplink rule: MQTT topics matching `mqtt_topic` go to `kafka_topic`.
+///
+/// `mqtt_topic` is a topic pattern whose levels are literals, `{name}`
+/// (captures one level) or a final `#`. `kafka_topic` may use the captures,
+/// e.g. `devices/{device_id}/up/{kind}` → `herald.uplink.{kind}`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkRule {
+    pub mqtt_topic: String,
+    pub kafka_topic: String,
+}
+
+impl UplinkRule {
+    /// The terminal uplinks: scan results, print status, command acks and telemetry.
+    pub fn defaults() -> Vec<UplinkRule> {
+        [
+            ("scan", "herald.uplink.scan"),
+            ("print-status", "herald.uplink.print-status"),
+            ("ack", "herald.uplink.ack"),
+            ("telemetry", "herald.uplink.telemetry"),
+        ]
+        .into_iter()
+        .map(|(kind, topic)| UplinkRule {
+            mqtt_topic: format!("devices/{{device_id}}/up/{kind}"),
+            kafka_topic: topic.into(),
+        })
+        .collect()
+    }
+}
+
+/// librdkafka properties that Herald owns, with the setting to use instead.
+pub(crate) const RESERVED_PRODUCER_OPTIONS: &[(&str, &str)] = &[
+    ("bootstrap.servers", "kafka.bootstrap_servers"),
+    ("client.id", "kafka.client_id"),
+    ("message.timeout.ms", "kafka.delivery_timeout"),
+    ("delivery.timeout.ms", "kafka.delivery_timeout"),
+    ("enable.idempotence", "nothing: Herald always produces idempotently"),
+    ("acks", "nothing: Herald always uses acks=all"),
+    ("request.required.acks", "nothing: Herald always uses acks=all"),
+];

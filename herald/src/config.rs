@@ -1,0 +1,130 @@
+//! Herald's configuration file: one TOML file, overridden by environment
+//! variables (`HERALD_` + the key path joined with `__`, e.g.
+//! `HERALD_BROKER__AUTH__FLEET_KEY` or `HERALD_KAFKA__BOOTSTRAP_SERVERS`).
+
+use anyhow::Context as _;
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use herald_bridge::KafkaConfig;
+use herald_broker::BrokerConfig;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// The whole of herald.toml.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeraldConfig {
+    /// The MQTT broker core.
+    pub broker: BrokerConfig,
+    /// Kafka connection and uplink rules.
+    pub kafka: KafkaConfig,
+    /// HTTP endpoints for probes and metrics.
+    pub http: HttpConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[http]`: `/metrics`, `/healthz`, `/readyz`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of the HTTP listener. Default `0.0.0.0:9090`.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([0, 0, 0, 0], 9090)) }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (default) or `json`.
+    pub format: LogFormat,
+    /// tracing filter directives; `RUST_LOG` wins when set. Default `info`.
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, filter: "info".into() }
+    }
+}
+
+impl HeraldConfig {
+    /// Loads `path` (if given) and the environment, then validates.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let mut figment = Figment::new();
+        if let Some(path) = path {
+            anyhow::ensure!(path.exists(), "configuration file {} does not exist", path.display());
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let config: HeraldConfig = figment
+            .merge(Env::prefixed("HERALD_").split("__"))
+            .extract()
+            .map_err(|e| anyhow::anyhow!(describe(e)))
+            .context("invalid configuration")?;
+        config.broker.validate()?;
+        Ok(config)
+    }
+}
+
+/// One line per error, naming the key and where the value came from.
+fn describe(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| {
+            let key = if e.path.is_empty() { "(top level)".to_string() } else { e.path.join(".") };
+            let source = e.metadata.as_ref().and_then(|m| m.source.as_ref()).map(|s| format!(" (from {s})")).unwrap_or_default();
+            format!("`{key}`{source}: {}", e.kind)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_equals_defaults_where_commented() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/herald.example.toml");
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HERALD_BROKER__AUTH__FLEET_KEY", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=");
+            let config = HeraldConfig::load(Some(Path::new(example))).map_err(|e| e.to_string())?;
+            assert_eq!(config.broker.listen.port(), 1883);
+            assert_eq!(config.kafka.uplink_rules.len(), 4);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "[broker]\nmax_packet_size = \"big\"\n")?;
+            let err = HeraldConfig::load(Some(Path::new("bad.toml"))).unwrap_err();
+            assert!(format!("{err:#}").contains("broker.max_packet_size"), "{err:#}");
+
+            jail.create_file("typo.toml", "[broker]\nlisten_addr = \"0.0.0.0:1\"\n")?;
+            let err = HeraldConfig::load(Some(Path::new("typo.toml"))).unwrap_err();
+            assert!(format!("{err:#}").contains("listen_addr"), "{err:#}");
+
+            jail.create_file("ok.toml", "[broker.auth]\nmode = \"open\"\n")?;
+            jail.set_env("HERALD_BROKER__MAX_PACKET_SIZE", "10");
+            let err = HeraldConfig::load(Some(Path::new("ok.toml"))).unwrap_err();
+            assert!(format!("{err:#}").contains("broker.max_packet_size"), "{err:#}");
+            Ok(())
+        });
+    }
+}

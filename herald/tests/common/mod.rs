@@ -1,0 +1,251 @@
+//! Test support: a real Kafka started by the project's own script, and the
+//! real `herald` binary started with a config written for the test.
+#![allow(dead_code)]
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub const FLEET_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Runs `deploy/kafka/kafka.sh <command>` for the instance on `port`.
+pub fn kafka_script(port: u16, command: &str) {
+    let status = Command::new("bash")
+        .arg(repo_root().join("deploy/kafka/kafka.sh"))
+        .arg(command)
+        .env("KAFKA_PORT", port.to_string())
+        .stdout(Stdio::null())
+        .status()
+        .expect("deploy/kafka/kafka.sh runs");
+    assert!(status.success(), "kafka.sh {command} (port {port}) failed");
+}
+
+/// The shared test Kafka on 127.0.0.1:9092, started (or reused) once per test binary.
+pub fn kafka() -> String {
+    static STARTED: OnceLock<String> = OnceLock::new();
+    STARTED
+        .get_or_init(|| {
+            let port: u16 = std::env::var("HERALD_TEST_KAFKA_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(9092);
+            kafka_script(port, "start");
+            format!("127.0.0.1:{port}")
+        })
+        .clone()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    format!("{prefix}{}-{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+/// A `herald run` process with its own ports and Kafka topics.
+pub struct Herald {
+    child: Child,
+    pub mqtt: SocketAddr,
+    pub http: SocketAddr,
+    /// Kafka topic prefix of this instance's uplink rules: `<prefix>.scan` etc.
+    pub topic_prefix: String,
+    pub config_path: PathBuf,
+    _dir: TempDir,
+}
+
+pub struct TempDir(pub PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Herald {
+    /// Starts Herald in device-auth mode against `bootstrap`; `extra` is
+    /// appended to the generated TOML.
+    pub fn start(bootstrap: &str, extra: &str) -> Herald {
+        let dir = TempDir(std::env::temp_dir().join(unique("herald-test-")));
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let mqtt: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let topic_prefix = unique("t");
+        let config = format!(
+            r#"
+[broker]
+listen = "{mqtt}"
+{broker_extra}
+[broker.auth]
+fleet_key = "{FLEET_KEY}"
+{auth_extra}
+[http]
+listen = "{http}"
+
+[kafka]
+bootstrap_servers = "{bootstrap}"
+{kafka_extra}
+uplink_rules = [
+  {{ mqtt_topic = "devices/{{device_id}}/up/scan", kafka_topic = "{topic_prefix}.scan" }},
+  {{ mqtt_topic = "devices/{{device_id}}/up/print-status", kafka_topic = "{topic_prefix}.print-status" }},
+]
+"#,
+            broker_extra = section(extra, "broker"),
+            auth_extra = section(extra, "auth"),
+            kafka_extra = section(extra, "kafka"),
+        );
+        let config_path = dir.0.join("herald.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "info,herald_broker=debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("herald starts");
+        // Forward Herald's log to the test output (shown on failure).
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[herald] {line}");
+            }
+        });
+        let herald = Herald { child, mqtt, http, topic_prefix, config_path, _dir: dir };
+        herald.wait_for_listener();
+        herald
+    }
+
+    fn wait_for_listener(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(self.mqtt).is_err() {
+            assert!(Instant::now() < deadline, "herald did not open its MQTT port");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until `/readyz` answers 200 (Kafka reachable).
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.http_get("/readyz").0 != 200 {
+            assert!(Instant::now() < deadline, "herald never became ready");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Minimal HTTP/1.0 GET: (status, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = TcpStream::connect(self.http) else { return (0, String::new()) };
+        let _ = write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        (status, body)
+    }
+
+    /// Value of one metric sample line, e.g. `herald_auth_failures_total{reason="bad_signature"}`.
+    pub fn metric(&self, sample: &str) -> f64 {
+        let (_, body) = self.http_get("/metrics");
+        body.lines()
+            .find_map(|line| line.strip_prefix(sample).and_then(|rest| rest.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+
+    pub fn password(&self, device_id: &str) -> String {
+        device_password(device_id)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Herald {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Extracts the lines of `extra` under `# <name>` markers.
+fn section(extra: &str, name: &str) -> String {
+    let marker = format!("# {name}");
+    let mut out = String::new();
+    let mut inside = false;
+    for line in extra.lines() {
+        if line.trim().starts_with("# ") {
+            inside = line.trim() == marker;
+            continue;
+        }
+        if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+pub fn device_password(device_id: &str) -> String {
+    use base64::Engine as _;
+    let key = base64::engine::general_purpose::STANDARD.decode(FLEET_KEY).unwrap();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    herald_identity::FleetKey::new(&key).device_secret(device_id).password(device_id, now)
+}
+
+/// A record read back from Kafka.
+#[derive(Debug)]
+pub struct Record {
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Record {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads `topic` from the beginning until `want` records arrived or `wait` passed.
+pub async fn consume(bootstrap: &str, topic: &str, want: usize, wait: Duration) -> Vec<Record> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("test-reader-"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("topic.metadata.refresh.interval.ms", "500")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut records = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while records.len() < want {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Err(_) => break,
+            Ok(Err(error)) => eprintln!("consumer: {error}"),
+            Ok(Ok(message)) => records.push(Record {
+                key: message.key().map(<[u8]>::to_vec),
+                payload: message.payload().unwrap_or_default().to_vec(),
+                headers: message
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }),
+        }
+    }
+    records
+}

@@ -1,0 +1,91 @@
+//! MQTT clients nobody here wrote: mosquitto_pub/mosquitto_sub (Debian's
+//! mosquitto-clients) and the paho-mqtt Python client, against `herald`.
+
+mod common;
+
+use common::{consume, kafka, Herald};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+fn run(command: &mut Command) -> Output {
+    let output = command.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e} (run scripts/install-deps.sh)"));
+    eprintln!("{command:?}\nstdout: {}\nstderr: {}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mosquitto_pub_with_device_credentials_reaches_kafka() {
+    let bootstrap = kafka();
+    let herald = Herald::start(&bootstrap, "");
+    herald.wait_ready();
+    let device = "mosq-speaker-1";
+    for version in ["mqttv311", "mqttv5"] {
+        let output = run(Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &herald.mqtt.port().to_string(), "-V", version, "-q", "1"])
+            .args(["-i", device, "-u", device, "-P", &herald.password(device)])
+            .args(["-t", &format!("devices/{device}/up/scan"), "-m", &format!("scan via {version}")]));
+        assert!(output.status.success(), "mosquitto_pub {version} failed");
+    }
+    let records = consume(&bootstrap, &format!("{}.scan", herald.topic_prefix), 2, Duration::from_secs(30)).await;
+    let payloads: Vec<String> = records.iter().map(|r| String::from_utf8_lossy(&r.payload).into_owned()).collect();
+    assert_eq!(payloads, ["scan via mqttv311", "scan via mqttv5"]);
+    assert!(records.iter().all(|r| r.key.as_deref() == Some(device.as_bytes())));
+
+    // A wrong password is refused with the reason the client understands.
+    let output = run(Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &herald.mqtt.port().to_string(), "-q", "1"])
+        .args(["-i", device, "-u", device, "-P", "v1.0.bad"])
+        .args(["-t", &format!("devices/{device}/up/scan"), "-m", "x"]));
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).to_lowercase().contains("not authori"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mosquitto_sub_and_pub_as_a_general_broker() {
+    let herald = Herald::start(&kafka(), "# auth\nmode = \"open\"\n");
+    let port = herald.mqtt.port().to_string();
+    let sub = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port, "-t", "shop/+/orders", "-q", "1", "-C", "2", "-W", "20", "-v"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub runs (scripts/install-deps.sh installs it)");
+    std::thread::sleep(Duration::from_millis(700));
+    for (i, version) in ["mqttv311", "mqttv5"].iter().enumerate() {
+        let output = run(Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port, "-V", version, "-q", "1", "-t", "shop/7/orders", "-m", &format!("order {i}")]));
+        assert!(output.status.success());
+    }
+    // A retained message reaches a subscriber that comes later.
+    assert!(run(Command::new("mosquitto_pub").args(["-h", "127.0.0.1", "-p", &port, "-r", "-t", "shop/7/menu", "-m", "noodles"])).status.success());
+    let output = sub.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "shop/7/orders order 0\nshop/7/orders order 1\n");
+    let retained = run(Command::new("mosquitto_sub").args(["-h", "127.0.0.1", "-p", &port, "-t", "shop/7/menu", "-C", "1", "-W", "10"]));
+    assert_eq!(String::from_utf8_lossy(&retained.stdout), "noodles\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mosquitto_sub_outside_its_namespace_is_denied() {
+    let herald = Herald::start(&kafka(), "");
+    let device = "mosq-printer-2";
+    let output = run(Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &herald.mqtt.port().to_string(), "-V", "mqttv5"])
+        .args(["-i", device, "-u", device, "-P", &herald.password(device)])
+        .args(["-t", "devices/other-printer/down/#", "-C", "1", "-W", "5"]));
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("denied"), "mosquitto_sub reports the refusal");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn paho_python_client_v311_and_v5() {
+    let bootstrap = kafka();
+    let herald = Herald::start(&bootstrap, "");
+    herald.wait_ready();
+    let device = "paho-scanbox-1";
+    let script = common::repo_root().join("herald/tests/paho_client.py");
+    let output = run(Command::new("python3")
+        .arg(script)
+        .args(["--port", &herald.mqtt.port().to_string(), "--device", device, "--password", &herald.password(device)]));
+    assert!(output.status.success(), "paho checks failed");
+    let records = consume(&bootstrap, &format!("{}.scan", herald.topic_prefix), 2, Duration::from_secs(30)).await;
+    assert_eq!(records.len(), 2, "both paho publishes are in Kafka");
+}

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what the tests need
+# (scripts/install-deps.sh), starts the local Kafka (deploy/kafka/kafka.sh, or
+# reuses one already serving on 127.0.0.1:9092), then runs every Rust test.
+# The integration tests talk to that real Kafka; the outage test starts and
+# kills a second Kafka of its own on port 19192.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+scripts/install-deps.sh
+deploy/kafka/kafka.sh start >/dev/null
+
+# Two cores: run test binaries' tests two at a time.
+export RUST_TEST_THREADS=${RUST_TEST_THREADS:-2}
+cargo test --workspace --locked "$@"
