@@ -65,7 +65,9 @@ async fn qos1_uplink_lands_in_kafka_with_device_key_and_headers() {
     assert_eq!(record.header("herald-qos"), Some("1"));
     let received: u64 = record.header("herald-received-at").unwrap().parse().unwrap();
     assert!(received > 1_700_000_000_000);
-    assert!(herald.metric("herald_kafka_produced_total{result=\"ok\"") >= 0.0);
+    let produced = format!("herald_kafka_produced_total{{result=\"ok\",topic=\"{}.scan\"}}", herald.topic_prefix);
+    assert_eq!(herald.metric(&produced), 1.0);
+    assert_eq!(herald.metric("herald_connects_total{result=\"accepted\"}"), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
