@@ -7,7 +7,7 @@
 #
 #   Debian packages  mosquitto, mosquitto-clients  (MQTT test client tools; the broker is a
 #                                                   benchmark peer, started by the tests)
-#                    cmake, build-essential, pkg-config, libssl-dev, zlib1g-dev, libcurl4-openssl-dev
+#                    cmake, build-essential, pkg-config, libssl-dev, zlib1g-dev, libcurl4-openssl-dev, openssl (test certificates)
 #                                                  (rdkafka's cmake build needs a C toolchain)
 #                    openjdk-17-jre-headless, maven (only if java 17+ / mvn are missing)
 #                    python3, python3-pip           (only if missing)
@@ -41,7 +41,7 @@ java_ok() {
 }
 
 missing=()
-for p in mosquitto mosquitto-clients cmake build-essential pkg-config libssl-dev zlib1g-dev libcurl4-openssl-dev; do
+for p in mosquitto mosquitto-clients cmake build-essential pkg-config libssl-dev zlib1g-dev libcurl4-openssl-dev openssl; do
   pkg_installed "$p" || missing+=("$p")
 done
 java_ok || missing+=(openjdk-17-jre-headless)

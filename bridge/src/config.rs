@@ -77,7 +77,13 @@ pub(crate) const RESERVED_PRODUCER_OPTIONS: &[(&str, &str)] = &[
     ("client.id", "kafka.client_id"),
     ("message.timeout.ms", "kafka.delivery_timeout"),
     ("delivery.timeout.ms", "kafka.delivery_timeout"),
-    ("enable.idempotence", "nothing: Herald always produces idempotently"),
+    (
+        "enable.idempotence",
+        "nothing: Herald always produces idempotently",
+    ),
     ("acks", "nothing: Herald always uses acks=all"),
-    ("request.required.acks", "nothing: Herald always uses acks=all"),
+    (
+        "request.required.acks",
+        "nothing: Herald always uses acks=all",
+    ),
 ];

@@ -22,7 +22,10 @@ impl KafkaHealth {
         registry: &Registry,
         shutdown: CancellationToken,
     ) -> Result<Self, prometheus::Error> {
-        let gauge = IntGauge::new("herald_kafka_reachable", "1 when the last Kafka metadata request succeeded.")?;
+        let gauge = IntGauge::new(
+            "herald_kafka_reachable",
+            "1 when the last Kafka metadata request succeeded.",
+        )?;
         registry.register(Box::new(gauge.clone()))?;
         let reachable = Arc::new(AtomicBool::new(false));
         let flag = reachable.clone();
@@ -30,9 +33,11 @@ impl KafkaHealth {
             loop {
                 let client = producer.clone();
                 let timeout = interval.max(Duration::from_secs(1));
-                let ok = tokio::task::spawn_blocking(move || client.client().fetch_metadata(None, timeout).is_ok())
-                    .await
-                    .unwrap_or(false);
+                let ok = tokio::task::spawn_blocking(move || {
+                    client.client().fetch_metadata(None, timeout).is_ok()
+                })
+                .await
+                .unwrap_or(false);
                 if flag.swap(ok, Ordering::Relaxed) != ok {
                     if ok {
                         tracing::info!("Kafka is reachable");

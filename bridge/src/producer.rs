@@ -50,7 +50,10 @@ pub(crate) fn producer_config(config: &KafkaConfig) -> Result<ClientConfig, Brid
         .set("client.id", &config.client_id)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("message.timeout.ms", config.delivery_timeout.as_millis().to_string())
+        .set(
+            "message.timeout.ms",
+            config.delivery_timeout.as_millis().to_string(),
+        )
         .set("linger.ms", "2");
     for (key, value) in &config.producer_options {
         client.set(key, value);
@@ -67,15 +70,25 @@ impl KafkaUplinkSink {
                 "herald_kafka_produce_duration_seconds",
                 "Time from handing an uplink to the Kafka producer to Kafka's acknowledgement.",
             )
-            .buckets(vec![0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            .buckets(vec![
+                0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
         )?;
         let produced = IntCounterVec::new(
-            Opts::new("herald_kafka_produced_total", "Uplink records produced to Kafka, by Kafka topic and result."),
+            Opts::new(
+                "herald_kafka_produced_total",
+                "Uplink records produced to Kafka, by Kafka topic and result.",
+            ),
             &["topic", "result"],
         )?;
         registry.register(Box::new(produce_latency.clone()))?;
         registry.register(Box::new(produced.clone()))?;
-        Ok(Self { producer, rules, produce_latency, produced })
+        Ok(Self {
+            producer,
+            rules,
+            produce_latency,
+            produced,
+        })
     }
 
     /// Waits up to `timeout` for records still queued in the producer.
@@ -93,7 +106,9 @@ impl KafkaUplinkSink {
 
 fn failure(error: KafkaError) -> UplinkError {
     match error {
-        KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut) => UplinkError::Timeout(error.to_string()),
+        KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut) => {
+            UplinkError::Timeout(error.to_string())
+        }
         other => UplinkError::Failed(other.to_string()),
     }
 }
@@ -105,17 +120,36 @@ impl UplinkSink for KafkaUplinkSink {
 
     fn submit(&self, uplink: Uplink) -> Option<UplinkAck> {
         let kafka_topic = self.rules.kafka_topic(&uplink.topic)?;
-        let received_ms = uplink.received_at.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        let received_ms = uplink
+            .received_at
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
         let qos = uplink.qos.to_string();
         let received = received_ms.to_string();
         let mut headers = OwnedHeaders::new_with_capacity(4 + uplink.user_properties.len())
-            .insert(Header { key: header::DEVICE_ID, value: Some(uplink.client_id.as_bytes()) })
-            .insert(Header { key: header::MQTT_TOPIC, value: Some(uplink.topic.as_bytes()) })
-            .insert(Header { key: header::QOS, value: Some(qos.as_bytes()) })
-            .insert(Header { key: header::RECEIVED_AT, value: Some(received.as_bytes()) });
+            .insert(Header {
+                key: header::DEVICE_ID,
+                value: Some(uplink.client_id.as_bytes()),
+            })
+            .insert(Header {
+                key: header::MQTT_TOPIC,
+                value: Some(uplink.topic.as_bytes()),
+            })
+            .insert(Header {
+                key: header::QOS,
+                value: Some(qos.as_bytes()),
+            })
+            .insert(Header {
+                key: header::RECEIVED_AT,
+                value: Some(received.as_bytes()),
+            });
         for (name, value) in &uplink.user_properties {
             let key = format!("{}{name}", header::USER_PROPERTY_PREFIX);
-            headers = headers.insert(Header { key: &key, value: Some(value.as_bytes()) });
+            headers = headers.insert(Header {
+                key: &key,
+                value: Some(value.as_bytes()),
+            });
         }
         let record = FutureRecord::to(&kafka_topic)
             .key(uplink.client_id.as_bytes())
@@ -123,7 +157,10 @@ impl UplinkSink for KafkaUplinkSink {
             .timestamp(received_ms)
             .headers(headers);
         let started = Instant::now();
-        let sent = self.producer.send_result(record).map_err(|(error, _)| error);
+        let sent = self
+            .producer
+            .send_result(record)
+            .map_err(|(error, _)| error);
         let latency = self.produce_latency.clone();
         let produced = self.produced.clone();
         Some(Box::pin(async move {
@@ -156,9 +193,14 @@ mod tests {
         let mut config = KafkaConfig::default();
         config.producer_options.insert("acks".into(), "1".into());
         let err = producer_config(&config).unwrap_err().to_string();
-        assert!(err.contains("kafka.producer_options.\"acks\"") && err.contains("acks=all"), "{err}");
+        assert!(
+            err.contains("kafka.producer_options.\"acks\"") && err.contains("acks=all"),
+            "{err}"
+        );
         config.producer_options.clear();
-        config.producer_options.insert("compression.type".into(), "lz4".into());
+        config
+            .producer_options
+            .insert("compression.type".into(), "lz4".into());
         let client = producer_config(&config).unwrap();
         assert_eq!(client.get("compression.type"), Some("lz4"));
         assert_eq!(client.get("enable.idempotence"), Some("true"));

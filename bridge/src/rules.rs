@@ -42,7 +42,9 @@ fn legal_kafka_topic(name: &str) -> bool {
         && name.len() <= 249
         && name != "."
         && name != ".."
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 impl TopicRules {
@@ -55,17 +57,27 @@ impl TopicRules {
             for (i, level) in parts.iter().enumerate() {
                 if *level == "#" {
                     if i + 1 != parts.len() {
-                        return Err(rule_error(index, "`#` must be the last level of mqtt_topic"));
+                        return Err(rule_error(
+                            index,
+                            "`#` must be the last level of mqtt_topic",
+                        ));
                     }
                     levels.push(Level::Rest);
-                } else if let Some(name) = level.strip_prefix('{').and_then(|l| l.strip_suffix('}')) {
+                } else if let Some(name) = level.strip_prefix('{').and_then(|l| l.strip_suffix('}'))
+                {
                     if name.is_empty() || names.contains(&name) {
-                        return Err(rule_error(index, format!("capture `{{{name}}}` is empty or repeated")));
+                        return Err(rule_error(
+                            index,
+                            format!("capture `{{{name}}}` is empty or repeated"),
+                        ));
                     }
                     names.push(name);
                     levels.push(Level::Capture(name.into()));
                 } else if level.contains(['+', '{', '}']) || level.contains('#') {
-                    return Err(rule_error(index, format!("level `{level}`: use `{{name}}` to match one level")));
+                    return Err(rule_error(
+                        index,
+                        format!("level `{level}`: use `{{name}}` to match one level"),
+                    ));
                 } else {
                     levels.push(Level::Literal((*level).into()));
                 }
@@ -81,10 +93,12 @@ impl TopicRules {
                     kafka_topic.push(Part::Text(rest[..open].into()));
                 }
                 let name = &rest[open + 1..close];
-                let position = names
-                    .iter()
-                    .position(|n| *n == name)
-                    .ok_or_else(|| rule_error(index, format!("kafka_topic uses `{{{name}}}`, which mqtt_topic does not capture")))?;
+                let position = names.iter().position(|n| *n == name).ok_or_else(|| {
+                    rule_error(
+                        index,
+                        format!("kafka_topic uses `{{{name}}}`, which mqtt_topic does not capture"),
+                    )
+                })?;
                 kafka_topic.push(Part::Capture(position));
                 rest = &rest[close + 1..];
             }
@@ -99,9 +113,15 @@ impl TopicRules {
                 })
                 .collect();
             if !legal_kafka_topic(&sample) {
-                return Err(rule_error(index, format!("`{}` is not a legal Kafka topic name", rule.kafka_topic)));
+                return Err(rule_error(
+                    index,
+                    format!("`{}` is not a legal Kafka topic name", rule.kafka_topic),
+                ));
             }
-            compiled.push(CompiledRule { levels, kafka_topic });
+            compiled.push(CompiledRule {
+                levels,
+                kafka_topic,
+            });
         }
         Ok(Self { rules: compiled })
     }
@@ -149,15 +169,27 @@ mod tests {
     use super::*;
 
     fn rule(mqtt: &str, kafka: &str) -> UplinkRule {
-        UplinkRule { mqtt_topic: mqtt.into(), kafka_topic: kafka.into() }
+        UplinkRule {
+            mqtt_topic: mqtt.into(),
+            kafka_topic: kafka.into(),
+        }
     }
 
     #[test]
     fn default_rules_route_terminal_uplinks() {
         let rules = TopicRules::compile(&UplinkRule::defaults()).unwrap();
-        assert_eq!(rules.kafka_topic("devices/spk-1/up/scan").as_deref(), Some("herald.uplink.scan"));
-        assert_eq!(rules.kafka_topic("devices/p-9/up/print-status").as_deref(), Some("herald.uplink.print-status"));
-        assert_eq!(rules.kafka_topic("devices/p-9/up/ack").as_deref(), Some("herald.uplink.ack"));
+        assert_eq!(
+            rules.kafka_topic("devices/spk-1/up/scan").as_deref(),
+            Some("herald.uplink.scan")
+        );
+        assert_eq!(
+            rules.kafka_topic("devices/p-9/up/print-status").as_deref(),
+            Some("herald.uplink.print-status")
+        );
+        assert_eq!(
+            rules.kafka_topic("devices/p-9/up/ack").as_deref(),
+            Some("herald.uplink.ack")
+        );
         assert_eq!(rules.kafka_topic("devices/p-9/up/other"), None);
         assert_eq!(rules.kafka_topic("devices/p-9/up/scan/extra"), None);
         assert_eq!(rules.kafka_topic("devices//up/scan"), None);
@@ -166,12 +198,22 @@ mod tests {
     #[test]
     fn templates_capture_levels() {
         let rules = TopicRules::compile(&[
-            rule("fleet/{region}/{device}/up/{kind}", "uplink.{region}.{kind}"),
+            rule(
+                "fleet/{region}/{device}/up/{kind}",
+                "uplink.{region}.{kind}",
+            ),
             rule("raw/#", "raw-all"),
         ])
         .unwrap();
-        assert_eq!(rules.kafka_topic("fleet/cn-east/d1/up/scan").as_deref(), Some("uplink.cn-east.scan"));
-        assert_eq!(rules.kafka_topic("fleet/bad region/d1/up/scan"), None, "illegal Kafka name");
+        assert_eq!(
+            rules.kafka_topic("fleet/cn-east/d1/up/scan").as_deref(),
+            Some("uplink.cn-east.scan")
+        );
+        assert_eq!(
+            rules.kafka_topic("fleet/bad region/d1/up/scan"),
+            None,
+            "illegal Kafka name"
+        );
         assert_eq!(rules.kafka_topic("raw/a/b/c").as_deref(), Some("raw-all"));
         assert_eq!(rules.kafka_topic("raw").as_deref(), Some("raw-all"));
     }
@@ -185,8 +227,13 @@ mod tests {
             (rule("a/{x}", "bad topic!"), "legal Kafka"),
             (rule("a/{x}/{x}", "t"), "repeated"),
         ] {
-            let err = TopicRules::compile(&[rule("ok", "ok"), bad]).unwrap_err().to_string();
-            assert!(err.contains("kafka.uplink_rules[1]") && err.contains(expected), "{err}");
+            let err = TopicRules::compile(&[rule("ok", "ok"), bad])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("kafka.uplink_rules[1]") && err.contains(expected),
+                "{err}"
+            );
         }
     }
 }

@@ -54,10 +54,12 @@ impl Authenticator {
             AuthMode::Device => {
                 let text = match (&config.fleet_key, &config.fleet_key_file) {
                     (Some(key), _) => key.clone(),
-                    (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| ConfigError {
-                        key: "broker.auth.fleet_key_file",
-                        reason: format!("cannot read {}: {e}", path.display()),
-                    })?,
+                    (None, Some(path)) => {
+                        std::fs::read_to_string(path).map_err(|e| ConfigError {
+                            key: "broker.auth.fleet_key_file",
+                            reason: format!("cannot read {}: {e}", path.display()),
+                        })?
+                    }
                     (None, None) => String::new(),
                 };
                 Some(FleetKey::new(&decode_fleet_key(text.trim())?))
@@ -93,7 +95,9 @@ impl Authenticator {
         if username.is_some_and(|u| !u.is_empty() && u != client_id) {
             return Err(AuthFailure::UsernameMismatch);
         }
-        let password = password.filter(|p| !p.is_empty()).ok_or(AuthFailure::MissingPassword)?;
+        let password = password
+            .filter(|p| !p.is_empty())
+            .ok_or(AuthFailure::MissingPassword)?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -138,10 +142,16 @@ impl Authenticator {
     /// `<prefix>/<client_id>/<direction>` itself or anything below it. The
     /// prefix and id are literal, so a wildcard can only follow them.
     fn in_namespace(&self, client_id: &str, direction: &str, topic: &str) -> bool {
-        let Some(rest) = topic.strip_prefix(&*self.prefix).and_then(|r| r.strip_prefix('/')) else {
+        let Some(rest) = topic
+            .strip_prefix(&*self.prefix)
+            .and_then(|r| r.strip_prefix('/'))
+        else {
             return false;
         };
-        let Some(rest) = rest.strip_prefix(client_id).and_then(|r| r.strip_prefix('/')) else {
+        let Some(rest) = rest
+            .strip_prefix(client_id)
+            .and_then(|r| r.strip_prefix('/'))
+        else {
             return false;
         };
         match rest.strip_prefix(direction) {
@@ -173,7 +183,10 @@ fn decode_fleet_key(text: &str) -> Result<Vec<u8>, ConfigError> {
     if bytes.len() < 16 {
         return Err(ConfigError {
             key: "broker.auth.fleet_key",
-            reason: format!("{} bytes is too short; use at least 32 random bytes", bytes.len()),
+            reason: format!(
+                "{} bytes is too short; use at least 32 random bytes",
+                bytes.len()
+            ),
         });
     }
     Ok(bytes)
@@ -213,29 +226,54 @@ mod tests {
     fn credentials_and_revocation() {
         let auth = device_auth();
         let fleet = FleetKey::new(b"0123456789abcdef0123456789abcdef");
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         let pw = fleet.device_secret("spk-1").password("spk-1", now);
-        assert_eq!(auth.authenticate("spk-1", None, Some(pw.as_bytes())), Ok(()));
-        assert_eq!(auth.authenticate("spk-1", Some("spk-1"), Some(pw.as_bytes())), Ok(()));
+        assert_eq!(
+            auth.authenticate("spk-1", None, Some(pw.as_bytes())),
+            Ok(())
+        );
+        assert_eq!(
+            auth.authenticate("spk-1", Some("spk-1"), Some(pw.as_bytes())),
+            Ok(())
+        );
         assert_eq!(
             auth.authenticate("spk-1", Some("admin"), Some(pw.as_bytes())),
             Err(AuthFailure::UsernameMismatch)
         );
-        assert_eq!(auth.authenticate("spk-1", None, None), Err(AuthFailure::MissingPassword));
+        assert_eq!(
+            auth.authenticate("spk-1", None, None),
+            Err(AuthFailure::MissingPassword)
+        );
         assert_eq!(
             auth.authenticate("spk-1", None, Some(b"v1.1.AAAA")),
             Err(AuthFailure::Credential(CredentialError::BadSignature))
         );
         let stolen = fleet.device_secret("stolen-1").password("stolen-1", now);
-        assert_eq!(auth.authenticate("stolen-1", None, Some(stolen.as_bytes())), Err(AuthFailure::Revoked));
+        assert_eq!(
+            auth.authenticate("stolen-1", None, Some(stolen.as_bytes())),
+            Err(AuthFailure::Revoked)
+        );
         auth.set_revocations(vec!["spk-1".into()]);
-        assert_eq!(auth.authenticate("spk-1", None, Some(pw.as_bytes())), Err(AuthFailure::Revoked));
-        assert!(auth.is_revoked("stolen-1"), "configured revocations survive file reloads");
+        assert_eq!(
+            auth.authenticate("spk-1", None, Some(pw.as_bytes())),
+            Err(AuthFailure::Revoked)
+        );
+        assert!(
+            auth.is_revoked("stolen-1"),
+            "configured revocations survive file reloads"
+        );
     }
 
     #[test]
     fn open_mode_allows_everything() {
-        let auth = Authenticator::new(&AuthConfig { mode: AuthMode::Open, ..AuthConfig::default() }).unwrap();
+        let auth = Authenticator::new(&AuthConfig {
+            mode: AuthMode::Open,
+            ..AuthConfig::default()
+        })
+        .unwrap();
         assert_eq!(auth.authenticate("anything/goes", None, None), Ok(()));
         assert!(auth.may_publish("x", "a/b"));
         assert!(auth.may_subscribe("x", "#"));
@@ -244,7 +282,10 @@ mod tests {
     #[test]
     fn rejects_short_or_garbage_keys() {
         for key in ["c2hvcnQ=", "not base64!"] {
-            let err = Authenticator::new(&AuthConfig { fleet_key: Some(key.into()), ..AuthConfig::default() });
+            let err = Authenticator::new(&AuthConfig {
+                fleet_key: Some(key.into()),
+                ..AuthConfig::default()
+            });
             assert_eq!(err.err().map(|e| e.key), Some("broker.auth.fleet_key"));
         }
     }

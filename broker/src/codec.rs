@@ -8,8 +8,8 @@
 use bytes::{Bytes, BytesMut};
 use rumqttc::mqttbytes::{self as m4, v4};
 pub use rumqttc::v5::mqttbytes::v5::*;
-pub use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::Error as V5Error;
+pub use rumqttc::v5::mqttbytes::QoS;
 
 /// The MQTT protocol version a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,26 +90,30 @@ pub fn read(
                 }
                 let code = if buf[1] == 0 { 0 } else { buf[2] };
                 let _ = buf.split_to(2 + usize::from(buf[1]));
-                let code = DisconnectReasonCode::try_from(code)
-                    .map_err(|_| CodecError::Malformed(format!("unknown DISCONNECT reason code {code:#x}")))?;
+                let code = DisconnectReasonCode::try_from(code).map_err(|_| {
+                    CodecError::Malformed(format!("unknown DISCONNECT reason code {code:#x}"))
+                })?;
                 return Ok(Some(Packet::Disconnect(Disconnect::new(code))));
             }
             match Packet::read(buf, Some(max_size as u32)) {
                 Ok(packet) => Ok(Some(packet)),
                 Err(V5Error::InsufficientBytes(_)) => Ok(None),
-                Err(V5Error::PayloadSizeLimitExceeded { pkt_size, .. }) => Err(CodecError::TooLarge {
-                    size: pkt_size,
-                    max: max_size,
-                }),
+                Err(V5Error::PayloadSizeLimitExceeded { pkt_size, .. }) => {
+                    Err(CodecError::TooLarge {
+                        size: pkt_size,
+                        max: max_size,
+                    })
+                }
                 Err(e) => Err(CodecError::Malformed(e.to_string())),
             }
         }
         ProtocolVersion::V311 => match v4::Packet::read(buf, max_size) {
             Ok(packet) => Ok(Some(from_v4(packet)?)),
             Err(m4::Error::InsufficientBytes(_)) => Ok(None),
-            Err(m4::Error::PayloadSizeLimitExceeded(size)) => {
-                Err(CodecError::TooLarge { size, max: max_size })
-            }
+            Err(m4::Error::PayloadSizeLimitExceeded(size)) => Err(CodecError::TooLarge {
+                size,
+                max: max_size,
+            }),
             Err(e) => Err(CodecError::Malformed(e.to_string())),
         },
     }
@@ -119,19 +123,29 @@ pub fn read(
 ///
 /// Packets that have no 3.1.1 form (a server DISCONNECT, a negative PUBACK)
 /// write nothing for a 3.1.1 client; the caller decides what to do instead.
-pub fn write(version: ProtocolVersion, packet: &Packet, buf: &mut BytesMut) -> Result<(), CodecError> {
+pub fn write(
+    version: ProtocolVersion,
+    packet: &Packet,
+    buf: &mut BytesMut,
+) -> Result<(), CodecError> {
     let result = match version {
         // rumqttc writes a stray property-length byte after a short
         // DISCONNECT; the 3-byte form is what MQTT 5 §3.14.2.2 allows.
         ProtocolVersion::V5 => match packet {
-            Packet::Disconnect(Disconnect { reason_code, properties: None }) => {
+            Packet::Disconnect(Disconnect {
+                reason_code,
+                properties: None,
+            }) => {
                 buf.extend_from_slice(&[0xE0, 0x01, *reason_code as u8]);
                 Ok(())
             }
             _ => packet.write(buf, None).map(drop).map_err(|e| e.to_string()),
         },
         ProtocolVersion::V311 => match to_v4(packet) {
-            Some(p) => p.write(buf, usize::MAX).map(drop).map_err(|e| e.to_string()),
+            Some(p) => p
+                .write(buf, usize::MAX)
+                .map(drop)
+                .map_err(|e| e.to_string()),
             None => Ok(()),
         },
     };
@@ -226,7 +240,9 @@ fn to_v4(packet: &Packet) -> Option<v4::Packet> {
                 ConnectReturnCode::ClientIdentifierNotValid | ConnectReturnCode::BadClientId => {
                     v4::ConnectReturnCode::BadClientId
                 }
-                ConnectReturnCode::BadUserNamePassword => v4::ConnectReturnCode::BadUserNamePassword,
+                ConnectReturnCode::BadUserNamePassword => {
+                    v4::ConnectReturnCode::BadUserNamePassword
+                }
                 ConnectReturnCode::NotAuthorized | ConnectReturnCode::Banned => {
                     v4::ConnectReturnCode::NotAuthorized
                 }
@@ -243,10 +259,18 @@ fn to_v4(packet: &Packet) -> Option<v4::Packet> {
             pkid: p.pkid,
             payload: p.payload.clone(),
         }),
-        Packet::PubAck(p) if p.reason == PubAckReason::Success || p.reason == PubAckReason::NoMatchingSubscribers => {
+        Packet::PubAck(p)
+            if p.reason == PubAckReason::Success
+                || p.reason == PubAckReason::NoMatchingSubscribers =>
+        {
             v4::Packet::PubAck(v4::PubAck::new(p.pkid))
         }
-        Packet::PubRec(p) if matches!(p.reason, PubRecReason::Success | PubRecReason::NoMatchingSubscribers) => {
+        Packet::PubRec(p)
+            if matches!(
+                p.reason,
+                PubRecReason::Success | PubRecReason::NoMatchingSubscribers
+            ) =>
+        {
             v4::Packet::PubRec(v4::PubRec::new(p.pkid))
         }
         Packet::PubRel(p) => v4::Packet::PubRel(v4::PubRel::new(p.pkid)),
@@ -256,7 +280,9 @@ fn to_v4(packet: &Packet) -> Option<v4::Packet> {
             s.return_codes
                 .iter()
                 .map(|code| match code {
-                    SubscribeReasonCode::Success(q) => v4::SubscribeReasonCode::Success(qos_to_v4(*q)),
+                    SubscribeReasonCode::Success(q) => {
+                        v4::SubscribeReasonCode::Success(qos_to_v4(*q))
+                    }
                     _ => v4::SubscribeReasonCode::Failure,
                 })
                 .collect(),
@@ -288,14 +314,22 @@ mod tests {
         }
         let mut v5 = BytesMut::new();
         Packet::Connect(
-            Connect { keep_alive: 30, client_id: "dev-1".into(), clean_start: true, properties: None },
+            Connect {
+                keep_alive: 30,
+                client_id: "dev-1".into(),
+                clean_start: true,
+                properties: None,
+            },
             None,
             None,
         )
         .write(&mut v5, None)
         .unwrap();
         assert_eq!(sniff_protocol(&v5).unwrap(), Some(ProtocolVersion::V5));
-        assert!(matches!(sniff_protocol(&[0x30, 0]), Err(CodecError::NotConnect)));
+        assert!(matches!(
+            sniff_protocol(&[0x30, 0]),
+            Err(CodecError::NotConnect)
+        ));
         assert!(matches!(
             sniff_protocol(b"\x10\x0c\x00\x06MQIsdp\x03"),
             Err(CodecError::UnsupportedProtocol(3))
@@ -304,19 +338,31 @@ mod tests {
 
     #[test]
     fn v4_publish_round_trips_through_v5_types() {
-        let mut publish = v4::Publish::new("devices/a/up/scan", m4::QoS::AtLeastOnce, b"hi".to_vec());
+        let mut publish =
+            v4::Publish::new("devices/a/up/scan", m4::QoS::AtLeastOnce, b"hi".to_vec());
         publish.pkid = 7;
         let mut buf = encode_v4(v4::Packet::Publish(publish));
-        let packet = read(ProtocolVersion::V311, &mut buf, 1024).unwrap().unwrap();
-        let Packet::Publish(p) = &packet else { panic!("{packet:?}") };
-        assert_eq!((&p.topic[..], &p.payload[..], p.pkid, p.qos), (&b"devices/a/up/scan"[..], &b"hi"[..], 7, QoS::AtLeastOnce));
+        let packet = read(ProtocolVersion::V311, &mut buf, 1024)
+            .unwrap()
+            .unwrap();
+        let Packet::Publish(p) = &packet else {
+            panic!("{packet:?}")
+        };
+        assert_eq!(
+            (&p.topic[..], &p.payload[..], p.pkid, p.qos),
+            (&b"devices/a/up/scan"[..], &b"hi"[..], 7, QoS::AtLeastOnce)
+        );
         let mut out = BytesMut::new();
         write(ProtocolVersion::V311, &packet, &mut out).unwrap();
-        assert_eq!(out, encode_v4(v4::Packet::Publish({
-            let mut p = v4::Publish::new("devices/a/up/scan", m4::QoS::AtLeastOnce, b"hi".to_vec());
-            p.pkid = 7;
-            p
-        })));
+        assert_eq!(
+            out,
+            encode_v4(v4::Packet::Publish({
+                let mut p =
+                    v4::Publish::new("devices/a/up/scan", m4::QoS::AtLeastOnce, b"hi".to_vec());
+                p.pkid = 7;
+                p
+            }))
+        );
     }
 
     #[test]
@@ -325,9 +371,14 @@ mod tests {
         publish.pkid = 0;
         let full = encode_v4(v4::Packet::Publish(publish));
         let mut part = BytesMut::from(&full[..10]);
-        assert!(read(ProtocolVersion::V311, &mut part, 1024).unwrap().is_none());
+        assert!(read(ProtocolVersion::V311, &mut part, 1024)
+            .unwrap()
+            .is_none());
         let mut big = full.clone();
-        assert!(matches!(read(ProtocolVersion::V311, &mut big, 50), Err(CodecError::TooLarge { .. })));
+        assert!(matches!(
+            read(ProtocolVersion::V311, &mut big, 50),
+            Err(CodecError::TooLarge { .. })
+        ));
         let mut garbage = BytesMut::from(&[0xF0u8, 0x00][..]);
         assert!(read(ProtocolVersion::V311, &mut garbage, 1024).is_err());
         let mut empty_disconnect = BytesMut::from(&[0xE0u8, 0x00][..]);
@@ -343,7 +394,10 @@ mod tests {
         let packet = Packet::Disconnect(Disconnect::new(DisconnectReasonCode::KeepAliveTimeout));
         write(ProtocolVersion::V5, &packet, &mut out).unwrap();
         assert_eq!(&out[..], &[0xE0, 0x01, 0x8D]);
-        assert_eq!(read(ProtocolVersion::V5, &mut out, 1024).unwrap(), Some(packet));
+        assert_eq!(
+            read(ProtocolVersion::V5, &mut out, 1024).unwrap(),
+            Some(packet)
+        );
         assert!(out.is_empty());
     }
 

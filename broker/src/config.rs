@@ -148,23 +148,35 @@ pub struct ConfigError {
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError { key, reason: reason.into() }
+    ConfigError {
+        key,
+        reason: reason.into(),
+    }
 }
 
 impl BrokerConfig {
     /// Checks values that parse but cannot work together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_packet_size < 64 {
-            return Err(invalid("broker.max_packet_size", "must be at least 64 bytes"));
+            return Err(invalid(
+                "broker.max_packet_size",
+                "must be at least 64 bytes",
+            ));
         }
         if self.max_packet_size > 268_435_455 {
-            return Err(invalid("broker.max_packet_size", "MQTT packets cannot exceed 268435455 bytes"));
+            return Err(invalid(
+                "broker.max_packet_size",
+                "MQTT packets cannot exceed 268435455 bytes",
+            ));
         }
         if self.max_inflight_uplinks == 0 {
             return Err(invalid("broker.max_inflight_uplinks", "must be at least 1"));
         }
         if self.max_inflight_downlinks == 0 {
-            return Err(invalid("broker.max_inflight_downlinks", "must be at least 1"));
+            return Err(invalid(
+                "broker.max_inflight_downlinks",
+                "must be at least 1",
+            ));
         }
         if self.max_inflight_uplinks_total < self.max_inflight_uplinks as usize {
             return Err(invalid(
@@ -180,7 +192,10 @@ impl BrokerConfig {
         }
         let prefix = &self.auth.topic_prefix;
         if prefix.is_empty() || prefix.contains(['/', '+', '#']) {
-            return Err(invalid("broker.auth.topic_prefix", "must be one non-empty topic level without / + #"));
+            return Err(invalid(
+                "broker.auth.topic_prefix",
+                "must be one non-empty topic level without / + #",
+            ));
         }
         if self.auth.mode == AuthMode::Device {
             match (&self.auth.fleet_key, &self.auth.fleet_key_file) {

@@ -8,9 +8,9 @@
 use crate::codec::{self, *};
 use crate::io::{Io, IoEvent, WRITE_HIGH_WATER};
 use crate::metrics::qos_label;
+use crate::server::HandshakeGuard;
 use crate::session::{Attached, Inflight, Message, OutboundStage, Queued, Session, SubOptions};
 use crate::sink::{Uplink, UplinkAck, UplinkError};
-use crate::server::HandshakeGuard;
 use crate::Shared;
 use bytes::BytesMut;
 use futures::stream::{FuturesOrdered, StreamExt};
@@ -134,7 +134,11 @@ where
 {
     let mut io = Io::new(stream);
     let max_packet = shared.config.max_packet_size as usize;
-    let connect = tokio::time::timeout(shared.config.connect_timeout, read_connect(&mut io, max_packet)).await;
+    let connect = tokio::time::timeout(
+        shared.config.connect_timeout,
+        read_connect(&mut io, max_packet),
+    )
+    .await;
     let (version, packet) = match connect {
         Ok(Ok(Some(found))) => found,
         Ok(Ok(None)) => return,
@@ -143,23 +147,36 @@ where
             return;
         }
         Err(_) => {
-            shared.metrics.protocol_errors.with_label_values(&["connect_timeout"]).inc();
+            shared
+                .metrics
+                .protocol_errors
+                .with_label_values(&["connect_timeout"])
+                .inc();
             debug!("no CONNECT within the connect timeout");
             return;
         }
     };
     let Packet::Connect(connect, will, login) = packet else {
-        shared.metrics.protocol_errors.with_label_values(&["not_connect"]).inc();
+        shared
+            .metrics
+            .protocol_errors
+            .with_label_values(&["not_connect"])
+            .inc();
         return;
     };
     let generation = shared.registry.next_generation();
-    let Some(mut conn) = Connection::accept(&shared, &mut io, version, generation, connect, will, login).await else {
+    let Some(mut conn) =
+        Connection::accept(&shared, &mut io, version, generation, connect, will, login).await
+    else {
         let _ = io.flush().await;
         return;
     };
     handshake.release();
     let reason = conn.run(&mut io).await;
-    if let Some(code) = reason.disconnect_code().filter(|_| version == ProtocolVersion::V5) {
+    if let Some(code) = reason
+        .disconnect_code()
+        .filter(|_| version == ProtocolVersion::V5)
+    {
         conn.send(&mut io.wbuf, &Packet::Disconnect(Disconnect::new(code)));
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), io.flush()).await;
@@ -185,19 +202,31 @@ async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-async fn refuse_bad_connect<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, io: &mut Io<S>, error: CodecError) {
+async fn refuse_bad_connect<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    io: &mut Io<S>,
+    error: CodecError,
+) {
     let kind = match &error {
         CodecError::UnsupportedProtocol(_) => "unsupported_protocol",
         CodecError::TooLarge { .. } => "packet_too_large",
         CodecError::NotConnect => "not_connect",
         CodecError::Malformed(_) => "malformed",
     };
-    shared.metrics.protocol_errors.with_label_values(&[kind]).inc();
+    shared
+        .metrics
+        .protocol_errors
+        .with_label_values(&[kind])
+        .inc();
     shared.metrics.connects.with_label_values(&[kind]).inc();
     debug!(%error, "refused connection before CONNECT");
     if let CodecError::UnsupportedProtocol(_) = error {
         // A 3.1.1 CONNACK is what older clients understand (MQTT 5 §4.13).
-        let ack = ConnAck { session_present: false, code: ConnectReturnCode::RefusedProtocolVersion, properties: None };
+        let ack = ConnAck {
+            session_present: false,
+            code: ConnectReturnCode::RefusedProtocolVersion,
+            properties: None,
+        };
         let _ = codec::write(ProtocolVersion::V311, &Packet::ConnAck(ack), &mut io.wbuf);
         let _ = io.flush().await;
     }
@@ -209,12 +238,22 @@ pub(crate) async fn refuse_server_unavailable<S>(shared: Arc<Shared>, stream: S)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    shared.metrics.connects.with_label_values(&["server_unavailable"]).inc();
+    shared
+        .metrics
+        .connects
+        .with_label_values(&["server_unavailable"])
+        .inc();
     let mut io = Io::new(stream);
     let max_packet = shared.config.max_packet_size as usize;
     let deadline = Duration::from_secs(2);
-    if let Ok(Ok(Some((version, _)))) = tokio::time::timeout(deadline, read_connect(&mut io, max_packet)).await {
-        let ack = ConnAck { session_present: false, code: ConnectReturnCode::ServerUnavailable, properties: None };
+    if let Ok(Ok(Some((version, _)))) =
+        tokio::time::timeout(deadline, read_connect(&mut io, max_packet)).await
+    {
+        let ack = ConnAck {
+            session_present: false,
+            code: ConnectReturnCode::ServerUnavailable,
+            properties: None,
+        };
         let _ = codec::write(version, &Packet::ConnAck(ack), &mut io.wbuf);
         let _ = tokio::time::timeout(deadline, io.flush()).await;
     }
@@ -251,7 +290,11 @@ impl Connection {
         let config = &shared.config;
         let refuse = |io: &mut Io<S>, code: ConnectReturnCode, result: &str| {
             metrics.connects.with_label_values(&[result]).inc();
-            let ack = ConnAck { session_present: false, code, properties: None };
+            let ack = ConnAck {
+                session_present: false,
+                code,
+                properties: None,
+            };
             let _ = codec::write(version, &Packet::ConnAck(ack), &mut io.wbuf);
         };
 
@@ -263,7 +306,11 @@ impl Connection {
             // MQTT lets the server name a client that sends no id, but a
             // device must say who it is.
             if !shared.auth.is_open() || (version == ProtocolVersion::V311 && !clean_start) {
-                refuse(io, ConnectReturnCode::ClientIdentifierNotValid, "client_id_invalid");
+                refuse(
+                    io,
+                    ConnectReturnCode::ClientIdentifierNotValid,
+                    "client_id_invalid",
+                );
                 return None;
             }
             client_id = format!("herald-{generation:x}");
@@ -274,7 +321,10 @@ impl Connection {
             login.as_ref().map(|l| l.username.as_str()),
             login.as_ref().map(|l| l.password.as_bytes()),
         ) {
-            metrics.auth_failures.with_label_values(&[failure.as_label()]).inc();
+            metrics
+                .auth_failures
+                .with_label_values(&[failure.as_label()])
+                .inc();
             info!(client_id = %client_id, reason = failure.as_label(), "authentication failed");
             let code = if failure == crate::auth::AuthFailure::Revoked {
                 ConnectReturnCode::Banned
@@ -287,7 +337,9 @@ impl Connection {
         let will = match will {
             None => None,
             Some(w) => {
-                let topic = std::str::from_utf8(&w.topic).ok().filter(|t| valid_topic_name(t));
+                let topic = std::str::from_utf8(&w.topic)
+                    .ok()
+                    .filter(|t| valid_topic_name(t));
                 let Some(topic) = topic else {
                     refuse(io, ConnectReturnCode::TopicNameInvalid, "will_invalid");
                     return None;
@@ -297,7 +349,11 @@ impl Connection {
                     refuse(io, ConnectReturnCode::NotAuthorized, "not_authorized");
                     return None;
                 }
-                let delay = w.properties.as_ref().and_then(|p| p.delay_interval).unwrap_or(0);
+                let delay = w
+                    .properties
+                    .as_ref()
+                    .and_then(|p| p.delay_interval)
+                    .unwrap_or(0);
                 Some(Box::new(Will {
                     topic: topic.into(),
                     qos: w.qos,
@@ -314,7 +370,11 @@ impl Connection {
         // Past the connection limit (checked only now, so that the client is
         // told why) the CONNECT is refused rather than the socket dropped.
         if shared.connected.load(std::sync::atomic::Ordering::Relaxed) >= shared.max_connections {
-            refuse(io, ConnectReturnCode::ServerUnavailable, "server_unavailable");
+            refuse(
+                io,
+                ConnectReturnCode::ServerUnavailable,
+                "server_unavailable",
+            );
             return None;
         }
 
@@ -329,8 +389,15 @@ impl Connection {
         };
         let wake = Arc::new(Notify::new());
         let (session, present, discarded) =
-            match shared.registry.attach(&client_id, generation, clean_start, expiry, wake.clone()) {
-                Attached::Ok { session, present, discarded } => (session, present, discarded),
+            match shared
+                .registry
+                .attach(&client_id, generation, clean_start, expiry, wake.clone())
+            {
+                Attached::Ok {
+                    session,
+                    present,
+                    discarded,
+                } => (session, present, discarded),
                 Attached::Superseded => {
                     metrics.connects.with_label_values(&["superseded"]).inc();
                     debug!(client_id = %client_id, "a newer connection already took this session");
@@ -344,13 +411,17 @@ impl Connection {
         if !present {
             metrics.sessions.inc();
         }
-        shared.connected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        shared
+            .connected
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         metrics.connections.inc();
         metrics.connects.with_label_values(&["accepted"]).inc();
 
         let mut keepalive = connect.keep_alive;
         let mut server_keepalive = None;
-        if config.max_keepalive_secs > 0 && (keepalive == 0 || keepalive > config.max_keepalive_secs) {
+        if config.max_keepalive_secs > 0
+            && (keepalive == 0 || keepalive > config.max_keepalive_secs)
+        {
             keepalive = config.max_keepalive_secs;
             server_keepalive = Some(keepalive);
         }
@@ -368,7 +439,11 @@ impl Connection {
             reserved: None,
             waiting_for_permit: false,
             outbound_limit: usize::from(
-                props.receive_maximum.unwrap_or(u16::MAX).min(config.max_inflight_downlinks).max(1),
+                props
+                    .receive_maximum
+                    .unwrap_or(u16::MAX)
+                    .min(config.max_inflight_downlinks)
+                    .max(1),
             ),
             client_max_packet: props.max_packet_size.map_or(usize::MAX, |m| m as usize),
             revocation_epoch: shared.revocation_epoch(),
@@ -392,7 +467,11 @@ impl Connection {
             authentication_method: None,
             authentication_data: None,
         });
-        let ack = ConnAck { session_present: present, code: ConnectReturnCode::Success, properties };
+        let ack = ConnAck {
+            session_present: present,
+            code: ConnectReturnCode::Success,
+            properties,
+        };
         conn.send(&mut io.wbuf, &Packet::ConnAck(ack));
         debug!(client_id = %client_id, ?version, present, "client connected");
         if present {
@@ -414,7 +493,8 @@ impl Connection {
 
     async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut Io<S>) -> CloseReason {
         loop {
-            let can_read = self.pending.len() < usize::from(self.shared.config.max_inflight_uplinks)
+            let can_read = self.pending.len()
+                < usize::from(self.shared.config.max_inflight_uplinks)
                 && !self.waiting_for_permit;
             let keepalive_on = !self.keepalive.is_zero();
             let deadline = tokio::time::Instant::from_std(self.last_activity + self.keepalive);
@@ -443,7 +523,9 @@ impl Connection {
                     debug!(client_id = self.client_id(), %error, "connection error");
                     Err(CloseReason::IoError)
                 }
-                Event::UplinkDone(done) => self.on_uplink_done(&mut io.wbuf, done).and_then(|()| self.process_input(io)),
+                Event::UplinkDone(done) => self
+                    .on_uplink_done(&mut io.wbuf, done)
+                    .and_then(|()| self.process_input(io)),
                 Event::Permit(permit) => {
                     self.reserved = Some(permit);
                     self.waiting_for_permit = false;
@@ -466,7 +548,10 @@ impl Connection {
     fn on_wake(&mut self, out: &mut BytesMut) -> Result<(), CloseReason> {
         {
             let state = self.session.lock();
-            let ours = state.attachment.as_ref().is_some_and(|a| a.generation == self.generation);
+            let ours = state
+                .attachment
+                .as_ref()
+                .is_some_and(|a| a.generation == self.generation);
             if !ours {
                 return Err(CloseReason::TakenOver);
             }
@@ -484,18 +569,29 @@ impl Connection {
 
     /// Decodes and handles every complete packet buffered, unless uplinks
     /// are at their in-flight limit.
-    fn process_input<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut Io<S>) -> Result<(), CloseReason> {
+    fn process_input<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut Io<S>,
+    ) -> Result<(), CloseReason> {
         let max_packet = self.shared.config.max_packet_size as usize;
-        while self.pending.len() < usize::from(self.shared.config.max_inflight_uplinks) && !self.waiting_for_permit {
+        while self.pending.len() < usize::from(self.shared.config.max_inflight_uplinks)
+            && !self.waiting_for_permit
+        {
             match codec::read(self.version, &mut io.rbuf, max_packet) {
                 Ok(Some(packet)) => self.handle(&mut io.wbuf, packet)?,
                 Ok(None) => break,
                 Err(error) => {
                     let (kind, reason) = match error {
-                        CodecError::TooLarge { .. } => ("packet_too_large", CloseReason::PacketTooLarge),
+                        CodecError::TooLarge { .. } => {
+                            ("packet_too_large", CloseReason::PacketTooLarge)
+                        }
                         _ => ("malformed", CloseReason::ProtocolError),
                     };
-                    self.shared.metrics.protocol_errors.with_label_values(&[kind]).inc();
+                    self.shared
+                        .metrics
+                        .protocol_errors
+                        .with_label_values(&[kind])
+                        .inc();
                     info!(client_id = self.client_id(), %error, "closing connection on bad packet");
                     return Err(reason);
                 }
@@ -506,8 +602,15 @@ impl Connection {
     }
 
     fn protocol_error(&self, what: &str) -> CloseReason {
-        self.shared.metrics.protocol_errors.with_label_values(&["protocol"]).inc();
-        info!(client_id = self.client_id(), what, "closing connection on protocol error");
+        self.shared
+            .metrics
+            .protocol_errors
+            .with_label_values(&["protocol"])
+            .inc();
+        info!(
+            client_id = self.client_id(),
+            what, "closing connection on protocol error"
+        );
         CloseReason::ProtocolError
     }
 
@@ -527,7 +630,9 @@ impl Connection {
                     .find(|i| i.pkid == rec.pkid && i.stage == OutboundStage::Published);
                 let mut rel = PubRel::new(rec.pkid, None);
                 match found {
-                    Some(inflight) if (rec.reason as u8) < 0x80 => inflight.stage = OutboundStage::Released,
+                    Some(inflight) if (rec.reason as u8) < 0x80 => {
+                        inflight.stage = OutboundStage::Released
+                    }
                     Some(_) => {
                         // A negative PUBREC ends the exchange.
                         state.inflight.retain(|i| i.pkid != rec.pkid);
@@ -569,9 +674,14 @@ impl Connection {
                 Ok(())
             }
             Packet::Disconnect(disconnect) => {
-                if let Some(expiry) = disconnect.properties.as_ref().and_then(|p| p.session_expiry_interval) {
+                if let Some(expiry) = disconnect
+                    .properties
+                    .as_ref()
+                    .and_then(|p| p.session_expiry_interval)
+                {
                     let mut state = self.session.lock();
-                    state.expiry = Duration::from_secs(expiry.into()).min(self.shared.config.session_expiry);
+                    state.expiry =
+                        Duration::from_secs(expiry.into()).min(self.shared.config.session_expiry);
                 }
                 Err(match disconnect.reason_code {
                     DisconnectReasonCode::NormalDisconnection => CloseReason::Normal,
@@ -587,16 +697,33 @@ impl Connection {
 
     fn on_publish(&mut self, out: &mut BytesMut, publish: Publish) -> Result<(), CloseReason> {
         let metrics = &self.shared.metrics;
-        metrics.messages_received.with_label_values(&[qos_label(publish.qos)]).inc();
-        let Some(topic) = std::str::from_utf8(&publish.topic).ok().filter(|t| valid_topic_name(t)).map(Arc::<str>::from) else {
+        metrics
+            .messages_received
+            .with_label_values(&[qos_label(publish.qos)])
+            .inc();
+        let Some(topic) = std::str::from_utf8(&publish.topic)
+            .ok()
+            .filter(|t| valid_topic_name(t))
+            .map(Arc::<str>::from)
+        else {
             // Also an empty topic with a topic alias: none are granted.
-            metrics.protocol_errors.with_label_values(&["topic_invalid"]).inc();
-            info!(client_id = self.client_id(), "closing connection on invalid topic name");
+            metrics
+                .protocol_errors
+                .with_label_values(&["topic_invalid"])
+                .inc();
+            info!(
+                client_id = self.client_id(),
+                "closing connection on invalid topic name"
+            );
             return Err(CloseReason::ProtocolError);
         };
         if !self.shared.auth.may_publish(self.client_id(), &topic) {
             metrics.acl_denied.with_label_values(&["publish"]).inc();
-            info!(client_id = self.client_id(), topic = &*topic, "publish outside the device's namespace refused");
+            info!(
+                client_id = self.client_id(),
+                topic = &*topic,
+                "publish outside the device's namespace refused"
+            );
             // MQTT 3.1.1 has no negative acknowledgement: closing the
             // connection is the only refusal it knows (§3.3.5).
             if self.version == ProtocolVersion::V311 {
@@ -633,11 +760,16 @@ impl Connection {
             retain: publish.retain,
             properties: publish.properties.map(Arc::new),
         };
-        self.shared.route(Some(&self.session), &topic, &message, publish.qos);
+        self.shared
+            .route(Some(&self.session), &topic, &message, publish.qos);
 
         let ack = if self.shared.sink.wants(&topic) {
             let slot = self.take_inflight_slot();
-            let user_properties = message.properties.as_ref().map(|p| p.user_properties.clone()).unwrap_or_default();
+            let user_properties = message
+                .properties
+                .as_ref()
+                .map(|p| p.user_properties.clone())
+                .unwrap_or_default();
             let uplink = Uplink {
                 client_id: self.session.client_id.clone(),
                 topic,
@@ -660,8 +792,15 @@ impl Connection {
             }),
             None if publish.qos == QoS::AtMostOnce => {}
             // Acknowledgements keep the order of the PUBLISHes (MQTT §4.6).
-            None if self.pending.is_empty() => self.acknowledge(out, publish.pkid, publish.qos, Ok(()))?,
-            None => self.pending.push_back(PendingAck { pkid: publish.pkid, qos: publish.qos, wait: None, _slot: None }),
+            None if self.pending.is_empty() => {
+                self.acknowledge(out, publish.pkid, publish.qos, Ok(()))?
+            }
+            None => self.pending.push_back(PendingAck {
+                pkid: publish.pkid,
+                qos: publish.qos,
+                wait: None,
+                _slot: None,
+            }),
         }
         Ok(())
     }
@@ -669,13 +808,19 @@ impl Connection {
     /// Takes a global in-flight permit for the uplink being submitted, and
     /// arranges to wait for the next one if none is left.
     fn take_inflight_slot(&mut self) -> Option<InflightSlot> {
-        let permit = self.reserved.take().or_else(|| self.shared.uplink_permits.clone().try_acquire_owned().ok());
+        let permit = self
+            .reserved
+            .take()
+            .or_else(|| self.shared.uplink_permits.clone().try_acquire_owned().ok());
         if self.shared.uplink_permits.available_permits() == 0 {
             self.waiting_for_permit = true;
         }
         permit.map(|permit| {
             self.shared.metrics.uplinks_inflight.inc();
-            InflightSlot { _permit: permit, gauge: self.shared.metrics.uplinks_inflight.clone() }
+            InflightSlot {
+                _permit: permit,
+                gauge: self.shared.metrics.uplinks_inflight.clone(),
+            }
         })
     }
 
@@ -688,7 +833,13 @@ impl Connection {
     }
 
     /// Sends the PUBACK/PUBREC for an uplink the sink has settled.
-    fn acknowledge(&mut self, out: &mut BytesMut, pkid: u16, qos: QoS, result: Result<(), UplinkError>) -> Result<(), CloseReason> {
+    fn acknowledge(
+        &mut self,
+        out: &mut BytesMut,
+        pkid: u16,
+        qos: QoS,
+        result: Result<(), UplinkError>,
+    ) -> Result<(), CloseReason> {
         if let Err(error) = &result {
             self.shared.metrics.uplink_failures.inc();
             warn!(client_id = self.client_id(), %error, pkid, "uplink not delivered; not acknowledging success");
@@ -735,8 +886,16 @@ impl Connection {
             } else if path.starts_with("$share/") {
                 SubscribeReasonCode::SharedSubscriptionsNotSupported
             } else if !self.shared.auth.may_subscribe(self.client_id(), path) {
-                self.shared.metrics.acl_denied.with_label_values(&["subscribe"]).inc();
-                info!(client_id = self.client_id(), filter = path, "subscription outside the device's namespace refused");
+                self.shared
+                    .metrics
+                    .acl_denied
+                    .with_label_values(&["subscribe"])
+                    .inc();
+                info!(
+                    client_id = self.client_id(),
+                    filter = path,
+                    "subscription outside the device's namespace refused"
+                );
                 SubscribeReasonCode::NotAuthorized
             } else {
                 let options = SubOptions {
@@ -770,10 +929,15 @@ impl Connection {
             };
             codes.push(code);
         }
-        let ack = SubAck { pkid: subscribe.pkid, return_codes: codes, properties: None };
+        let ack = SubAck {
+            pkid: subscribe.pkid,
+            return_codes: codes,
+            properties: None,
+        };
         self.send(out, &Packet::SubAck(ack));
         for queued in retained {
-            self.session.offer(queued, self.shared.config.max_queued_messages);
+            self.session
+                .offer(queued, self.shared.config.max_queued_messages);
         }
         self.drain_session(out);
     }
@@ -790,9 +954,17 @@ impl Connection {
             if removed {
                 self.shared.router.unsubscribe(filter, &self.session);
             }
-            reasons.push(if removed { UnsubAckReason::Success } else { UnsubAckReason::NoSubscriptionExisted });
+            reasons.push(if removed {
+                UnsubAckReason::Success
+            } else {
+                UnsubAckReason::NoSubscriptionExisted
+            });
         }
-        let ack = UnsubAck { pkid: unsubscribe.pkid, reasons, properties: None };
+        let ack = UnsubAck {
+            pkid: unsubscribe.pkid,
+            reasons,
+            properties: None,
+        };
         self.send(out, &Packet::UnsubAck(ack));
     }
 
@@ -824,7 +996,9 @@ impl Connection {
         let state = self.session.lock();
         for inflight in &state.inflight {
             let packet = match inflight.stage {
-                OutboundStage::Published => Self::publish_packet(&inflight.queued, inflight.pkid, true),
+                OutboundStage::Published => {
+                    Self::publish_packet(&inflight.queued, inflight.pkid, true)
+                }
                 OutboundStage::Released => Packet::PubRel(PubRel::new(inflight.pkid, None)),
             };
             self.send(out, &packet);
@@ -836,17 +1010,33 @@ impl Connection {
         let metrics = &self.shared.metrics;
         let mut state = self.session.lock();
         while out.len() < WRITE_HIGH_WATER && state.inflight.len() < self.outbound_limit {
-            let Some(queued) = state.queue.pop_front() else { break };
-            let pkid = if queued.qos == QoS::AtMostOnce { 0 } else { state.allocate_pkid() };
+            let Some(queued) = state.queue.pop_front() else {
+                break;
+            };
+            let pkid = if queued.qos == QoS::AtMostOnce {
+                0
+            } else {
+                state.allocate_pkid()
+            };
             let packet = Self::publish_packet(&queued, pkid, false);
             if packet.size() > self.client_max_packet {
-                metrics.messages_dropped.with_label_values(&["client_max_packet_size"]).inc();
+                metrics
+                    .messages_dropped
+                    .with_label_values(&["client_max_packet_size"])
+                    .inc();
                 continue;
             }
             self.send(out, &packet);
-            metrics.messages_sent.with_label_values(&[qos_label(queued.qos)]).inc();
+            metrics
+                .messages_sent
+                .with_label_values(&[qos_label(queued.qos)])
+                .inc();
             if queued.qos != QoS::AtMostOnce {
-                state.inflight.push_back(Inflight { pkid, stage: OutboundStage::Published, queued });
+                state.inflight.push_back(Inflight {
+                    pkid,
+                    stage: OutboundStage::Published,
+                    queued,
+                });
             }
         }
     }
@@ -854,15 +1044,27 @@ impl Connection {
     /// Cleanup after the socket closed: session bookkeeping, will, metrics.
     fn finish(self, reason: CloseReason) {
         let shared = &self.shared;
-        shared.connected.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        shared
+            .connected
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         shared.metrics.connections.dec();
-        shared.metrics.disconnects.with_label_values(&[reason.as_label()]).inc();
-        debug!(client_id = self.client_id(), reason = reason.as_label(), "client disconnected");
+        shared
+            .metrics
+            .disconnects
+            .with_label_values(&[reason.as_label()])
+            .inc();
+        debug!(
+            client_id = self.client_id(),
+            reason = reason.as_label(),
+            "client disconnected"
+        );
         if let Some(ended) = shared.registry.detach(&self.session, self.generation) {
             shared.router.remove_session(&ended);
             shared.metrics.sessions.dec();
         }
-        let Some(will) = self.will.filter(|_| reason.publishes_will()) else { return };
+        let Some(will) = self.will.filter(|_| reason.publishes_will()) else {
+            return;
+        };
         let session_expiry = self.session.lock().expiry;
         let delay = will.delay.min(session_expiry);
         if delay.is_zero() {
@@ -895,5 +1097,3 @@ pub(crate) fn valid_topic_name(topic: &str) -> bool {
 pub(crate) fn valid_topic_filter(filter: &str) -> bool {
     !filter.contains('\0') && rumqttc::v5::mqttbytes::valid_filter(filter)
 }
-
-

@@ -34,7 +34,12 @@ pub(crate) struct Io<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
     pub fn new(stream: S) -> Self {
-        Self { stream, rbuf: BytesMut::new(), wbuf: BytesMut::new(), unflushed: false }
+        Self {
+            stream,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            unflushed: false,
+        }
     }
 
     /// Writes what it can, then reads if `can_read`. Ready on read data, EOF,

@@ -75,15 +75,27 @@ impl Shared {
             }
             let queued = Queued {
                 message: message.clone(),
-                qos: if (options.qos as u8) < (qos as u8) { options.qos } else { qos },
+                qos: if (options.qos as u8) < (qos as u8) {
+                    options.qos
+                } else {
+                    qos
+                },
                 // MQTT 3.1.1 §3.3.1.3: forwarded messages lose the retain flag
                 // unless the subscriber asked for it (MQTT 5 Retain As Published).
                 retain: options.retain_as_published && message.retain,
             };
             match session.offer(queued, self.config.max_queued_messages) {
                 Offer::Queued => {}
-                Offer::DroppedOldest => self.metrics.messages_dropped.with_label_values(&["queue_full"]).inc(),
-                Offer::DroppedOffline => self.metrics.messages_dropped.with_label_values(&["offline_qos0"]).inc(),
+                Offer::DroppedOldest => self
+                    .metrics
+                    .messages_dropped
+                    .with_label_values(&["queue_full"])
+                    .inc(),
+                Offer::DroppedOffline => self
+                    .metrics
+                    .messages_dropped
+                    .with_label_values(&["offline_qos0"])
+                    .inc(),
             }
         }
     }

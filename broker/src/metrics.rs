@@ -27,29 +27,71 @@ impl Metrics {
             registry.register(Box::new(g.clone()))?;
             Ok(g)
         };
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
-            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
+        let counter_vec =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
         let uplink_failures = IntCounter::new(
             "herald_uplink_failures_total",
             "Uplinks the sink could not deliver (the device got a negative or no acknowledgement).",
         )?;
         registry.register(Box::new(uplink_failures.clone()))?;
         Ok(Self {
-            connections: gauge("herald_connections", "Open MQTT connections that completed CONNECT.")?,
+            connections: gauge(
+                "herald_connections",
+                "Open MQTT connections that completed CONNECT.",
+            )?,
             sessions: gauge("herald_sessions", "MQTT sessions held, connected or not.")?,
-            connection_limit: gauge("herald_connection_limit", "Most connections accepted before CONNACK server unavailable.")?,
-            connects: counter_vec("herald_connects_total", "CONNECT attempts by result.", &["result"])?,
-            auth_failures: counter_vec("herald_auth_failures_total", "Refused credentials by reason.", &["reason"])?,
-            disconnects: counter_vec("herald_disconnects_total", "Closed sessions by reason.", &["reason"])?,
-            messages_received: counter_vec("herald_messages_received_total", "PUBLISH packets received from clients, by QoS.", &["qos"])?,
-            messages_sent: counter_vec("herald_messages_sent_total", "PUBLISH packets sent to clients, by QoS.", &["qos"])?,
-            messages_dropped: counter_vec("herald_messages_dropped_total", "Messages dropped by reason.", &["reason"])?,
-            acl_denied: counter_vec("herald_acl_denied_total", "Publishes and subscriptions refused by the topic ACL.", &["action"])?,
-            protocol_errors: counter_vec("herald_protocol_errors_total", "Connections closed for bad input, by kind.", &["kind"])?,
-            uplinks_inflight: gauge("herald_uplinks_inflight", "Uplinks handed to the sink and not yet acknowledged.")?,
+            connection_limit: gauge(
+                "herald_connection_limit",
+                "Most connections accepted before CONNACK server unavailable.",
+            )?,
+            connects: counter_vec(
+                "herald_connects_total",
+                "CONNECT attempts by result.",
+                &["result"],
+            )?,
+            auth_failures: counter_vec(
+                "herald_auth_failures_total",
+                "Refused credentials by reason.",
+                &["reason"],
+            )?,
+            disconnects: counter_vec(
+                "herald_disconnects_total",
+                "Closed sessions by reason.",
+                &["reason"],
+            )?,
+            messages_received: counter_vec(
+                "herald_messages_received_total",
+                "PUBLISH packets received from clients, by QoS.",
+                &["qos"],
+            )?,
+            messages_sent: counter_vec(
+                "herald_messages_sent_total",
+                "PUBLISH packets sent to clients, by QoS.",
+                &["qos"],
+            )?,
+            messages_dropped: counter_vec(
+                "herald_messages_dropped_total",
+                "Messages dropped by reason.",
+                &["reason"],
+            )?,
+            acl_denied: counter_vec(
+                "herald_acl_denied_total",
+                "Publishes and subscriptions refused by the topic ACL.",
+                &["action"],
+            )?,
+            protocol_errors: counter_vec(
+                "herald_protocol_errors_total",
+                "Connections closed for bad input, by kind.",
+                &["kind"],
+            )?,
+            uplinks_inflight: gauge(
+                "herald_uplinks_inflight",
+                "Uplinks handed to the sink and not yet acknowledged.",
+            )?,
             uplink_failures,
         })
     }

@@ -5,8 +5,8 @@
 //! publish costs O(levels) however many devices are subscribed. Retained
 //! messages are kept here too.
 
-use crate::session::{Message, Queued, Session, SubOptions};
 use crate::codec::QoS;
+use crate::session::{Message, Queued, Session, SubOptions};
 use dashmap::DashMap;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -47,7 +47,10 @@ fn is_wildcard(filter: &str) -> bool {
 fn upsert(list: &mut Vec<Subscriber>, session: &Arc<Session>, options: SubOptions) {
     match list.iter_mut().find(|s| Arc::ptr_eq(&s.session, session)) {
         Some(existing) => existing.options = options,
-        None => list.push(Subscriber { session: session.clone(), options }),
+        None => list.push(Subscriber {
+            session: session.clone(),
+            options,
+        }),
     }
 }
 
@@ -60,7 +63,11 @@ fn remove(list: &mut Vec<Subscriber>, session: &Arc<Session>) -> bool {
 impl Router {
     pub fn subscribe(&self, filter: &str, session: &Arc<Session>, options: SubOptions) {
         if !is_wildcard(filter) {
-            upsert(&mut self.exact.entry(filter.into()).or_default(), session, options);
+            upsert(
+                &mut self.exact.entry(filter.into()).or_default(),
+                session,
+                options,
+            );
             return;
         }
         let mut root = self.wildcard.write().unwrap_or_else(|e| e.into_inner());
@@ -78,7 +85,10 @@ impl Router {
     /// Removes one subscription; returns whether it existed.
     pub fn unsubscribe(&self, filter: &str, session: &Arc<Session>) -> bool {
         if !is_wildcard(filter) {
-            let removed = self.exact.get_mut(filter).is_some_and(|mut list| remove(&mut list, session));
+            let removed = self
+                .exact
+                .get_mut(filter)
+                .is_some_and(|mut list| remove(&mut list, session));
             self.exact.remove_if(filter, |_, list| list.is_empty());
             return removed;
         }
@@ -105,7 +115,12 @@ impl Router {
 
     /// Removes all of a session's subscriptions (it ended or was discarded).
     pub fn remove_session(&self, session: &Arc<Session>) {
-        let filters: Vec<Box<str>> = session.lock().subscriptions.iter().map(|(f, _)| f.clone()).collect();
+        let filters: Vec<Box<str>> = session
+            .lock()
+            .subscriptions
+            .iter()
+            .map(|(f, _)| f.clone())
+            .collect();
         for filter in filters {
             self.unsubscribe(&filter, session);
         }
@@ -154,9 +169,18 @@ impl Router {
 
     /// Retained messages matching `filter`, to send after a SUBACK.
     pub fn retained_for(&self, filter: &str, qos: QoS) -> Vec<Queued> {
-        let to_queued = |message: &Message| Queued { message: message.clone(), qos, retain: true };
+        let to_queued = |message: &Message| Queued {
+            message: message.clone(),
+            qos,
+            retain: true,
+        };
         if !is_wildcard(filter) {
-            return self.retained.get(filter).map(|m| to_queued(&m)).into_iter().collect();
+            return self
+                .retained
+                .get(filter)
+                .map(|m| to_queued(&m))
+                .into_iter()
+                .collect();
         }
         self.retained
             .iter()
@@ -209,7 +233,11 @@ trait MaxQos {
 
 impl MaxQos for QoS {
     fn max_qos(self, other: Self) -> Self {
-        if (other as u8) > (self as u8) { other } else { self }
+        if (other as u8) > (self as u8) {
+            other
+        } else {
+            self
+        }
     }
 }
 
@@ -219,7 +247,11 @@ mod tests {
     use bytes::Bytes;
 
     fn opts(qos: QoS) -> SubOptions {
-        SubOptions { qos, no_local: false, retain_as_published: false }
+        SubOptions {
+            qos,
+            no_local: false,
+            retain_as_published: false,
+        }
     }
 
     fn session(id: &str) -> Arc<Session> {
@@ -249,7 +281,11 @@ mod tests {
             ("a/+/c", "a//c", true),
             ("a/b", "a/b/c", false),
         ] {
-            assert_eq!(filter_matches(filter, topic), expected, "{filter} vs {topic}");
+            assert_eq!(
+                filter_matches(filter, topic),
+                expected,
+                "{filter} vs {topic}"
+            );
         }
     }
 
@@ -274,13 +310,21 @@ mod tests {
         assert!(router.unsubscribe("#", &c));
         assert_eq!(ids(&router, "devices/1/down/cmd"), ["a", "b"]);
         assert!(router.unsubscribe("devices/+/down/cmd", &b));
-        assert!(router.wildcard.read().unwrap().is_empty(), "empty trie branches are pruned");
+        assert!(
+            router.wildcard.read().unwrap().is_empty(),
+            "empty trie branches are pruned"
+        );
     }
 
     #[test]
     fn retained_store() {
         let router = Router::default();
-        let msg = |p: &'static [u8]| Message { topic: Bytes::new(), payload: Bytes::from_static(p), retain: true, properties: None };
+        let msg = |p: &'static [u8]| Message {
+            topic: Bytes::new(),
+            payload: Bytes::from_static(p),
+            retain: true,
+            properties: None,
+        };
         router.retain("a/b", &msg(b"1"));
         router.retain("a/c", &msg(b"2"));
         assert_eq!(router.retained_for("a/+", QoS::AtLeastOnce).len(), 2);

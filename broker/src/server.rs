@@ -54,7 +54,10 @@ impl Broker {
         let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
 
         let listener = bind(config.listen).await?;
-        let local_addr = listener.local_addr().map_err(|source| BrokerError::Bind { addr: config.listen, source })?;
+        let local_addr = listener.local_addr().map_err(|source| BrokerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let tls_listener = match &config.tls {
             Some(tls_config) => Some(bind(tls_config.listen).await?),
             None => None,
@@ -79,13 +82,23 @@ impl Broker {
         tracker.spawn(accept_loop(shared.clone(), listener, None, tracker.clone()));
         if let (Some(listener), Some(acceptor)) = (tls_listener, tls) {
             info!(addr = ?tls_local_addr, "MQTT TLS listener up");
-            tracker.spawn(accept_loop(shared.clone(), listener, Some(acceptor), tracker.clone()));
+            tracker.spawn(accept_loop(
+                shared.clone(),
+                listener,
+                Some(acceptor),
+                tracker.clone(),
+            ));
         }
         tracker.spawn(sweep_sessions(shared.clone()));
         if let Some(path) = shared.config.auth.revocation_file.clone() {
             tracker.spawn(watch_revocations(shared.clone(), path));
         }
-        Ok(Broker { shared, tracker, local_addr, tls_local_addr })
+        Ok(Broker {
+            shared,
+            tracker,
+            local_addr,
+            tls_local_addr,
+        })
     }
 
     /// Address of the plain MQTT listener (useful when configured with port 0).
@@ -113,14 +126,24 @@ impl Broker {
     pub async fn wait(self) {
         self.shared.shutdown.cancelled().await;
         self.tracker.close();
-        if tokio::time::timeout(self.shared.config.shutdown_grace, self.tracker.wait()).await.is_err() {
-            warn!(remaining = self.tracker.len(), "shutdown grace period over; dropping connections");
+        if tokio::time::timeout(self.shared.config.shutdown_grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                remaining = self.tracker.len(),
+                "shutdown grace period over; dropping connections"
+            );
         }
     }
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, BrokerError> {
-    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    };
     let listener = socket
         .and_then(|s| {
             s.set_reuseaddr(true)?;
@@ -138,26 +161,38 @@ fn connection_limit(config: &BrokerConfig) -> usize {
         Ok(limit) => limit,
         Err(error) => {
             warn!(%error, "cannot raise the open-file limit");
-            rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(soft, _)| soft).unwrap_or(1024)
+            rlimit::getrlimit(rlimit::Resource::NOFILE)
+                .map(|(soft, _)| soft)
+                .unwrap_or(1024)
         }
     };
     let fits = (limit as usize).saturating_sub(config.fd_reserve).max(1);
     let max = match config.max_connections {
         Some(configured) if configured > fits => {
-            warn!(configured, fits, open_file_limit = limit, "broker.max_connections exceeds what the open-file limit allows");
+            warn!(
+                configured,
+                fits,
+                open_file_limit = limit,
+                "broker.max_connections exceeds what the open-file limit allows"
+            );
             configured
         }
         Some(configured) => configured,
         None => fits,
     };
-    info!(open_file_limit = limit, max_connections = max, "open-file limit raised; sessions this process can hold");
+    info!(
+        open_file_limit = limit,
+        max_connections = max,
+        "open-file limit raised; sessions this process can hold"
+    );
     max
 }
 
 fn tls_acceptor(config: &TlsConfig) -> Result<TlsAcceptor, BrokerError> {
     use rustls_pemfile::{certs, private_key};
     let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| BrokerError::Tls(format!("cannot read {}: {e}", path.display())))
+        std::fs::read(path)
+            .map_err(|e| BrokerError::Tls(format!("cannot read {}: {e}", path.display())))
     };
     let cert_pem = read(&config.cert_path)?;
     let key_pem = read(&config.key_path)?;
@@ -165,11 +200,19 @@ fn tls_acceptor(config: &TlsConfig) -> Result<TlsAcceptor, BrokerError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| BrokerError::Tls(format!("{}: {e}", config.cert_path.display())))?;
     if chain.is_empty() {
-        return Err(BrokerError::Tls(format!("{}: no certificate found", config.cert_path.display())));
+        return Err(BrokerError::Tls(format!(
+            "{}: no certificate found",
+            config.cert_path.display()
+        )));
     }
     let key = private_key(&mut &key_pem[..])
         .map_err(|e| BrokerError::Tls(format!("{}: {e}", config.key_path.display())))?
-        .ok_or_else(|| BrokerError::Tls(format!("{}: no private key found", config.key_path.display())))?;
+        .ok_or_else(|| {
+            BrokerError::Tls(format!(
+                "{}: no private key found",
+                config.key_path.display()
+            ))
+        })?;
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let server = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -180,7 +223,12 @@ fn tls_acceptor(config: &TlsConfig) -> Result<TlsAcceptor, BrokerError> {
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
 
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: Option<TlsAcceptor>, tracker: TaskTracker) {
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    tracker: TaskTracker,
+) {
     // Sockets accepted but not yet through CONNECT, or being refused.
     let handshaking = Arc::new(AtomicUsize::new(0));
     let mut last_fd_warning: Option<Instant> = None;
@@ -207,7 +255,11 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: Option<Tls
         if busy >= shared.max_connections {
             // Refusals are cheap but still take a descriptor: cap them.
             if handshaking.load(Ordering::Relaxed) > shared.config.fd_reserve / 2 {
-                shared.metrics.connects.with_label_values(&["dropped"]).inc();
+                shared
+                    .metrics
+                    .connects
+                    .with_label_values(&["dropped"])
+                    .inc();
                 continue;
             }
             let guard = HandshakeGuard::new(&handshaking);
@@ -229,13 +281,23 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: Option<Tls
                 tracker.spawn(async move {
                     let timeout = shared_conn.config.connect_timeout;
                     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => connection::serve(shared_conn, tls_stream, guard).await,
+                        Ok(Ok(tls_stream)) => {
+                            connection::serve(shared_conn, tls_stream, guard).await
+                        }
                         Ok(Err(error)) => {
-                            shared_conn.metrics.protocol_errors.with_label_values(&["tls_handshake"]).inc();
+                            shared_conn
+                                .metrics
+                                .protocol_errors
+                                .with_label_values(&["tls_handshake"])
+                                .inc();
                             tracing::debug!(%error, "TLS handshake failed");
                         }
                         Err(_) => {
-                            shared_conn.metrics.protocol_errors.with_label_values(&["tls_handshake"]).inc();
+                            shared_conn
+                                .metrics
+                                .protocol_errors
+                                .with_label_values(&["tls_handshake"])
+                                .inc();
                         }
                     }
                 });

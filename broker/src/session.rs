@@ -120,7 +120,9 @@ impl Session {
     pub fn lock(&self) -> MutexGuard<'_, SessionState> {
         // A panic while holding the lock cannot leave the state half-written
         // in a way that matters more than losing the session, so recover.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Queues a message for the client and wakes its connection.
@@ -188,7 +190,10 @@ impl Registry {
             let session = Arc::new(Session::new(id));
             {
                 let mut state = session.lock();
-                state.attachment = Some(Attachment { generation, wake: wake.clone() });
+                state.attachment = Some(Attachment {
+                    generation,
+                    wake: wake.clone(),
+                });
                 state.last_generation = generation;
                 state.expiry = expiry;
             }
@@ -198,7 +203,11 @@ impl Registry {
             Entry::Vacant(entry) => {
                 let session = fresh(entry.key().clone());
                 entry.insert(session.clone());
-                Attached::Ok { session, present: false, discarded: None }
+                Attached::Ok {
+                    session,
+                    present: false,
+                    discarded: None,
+                }
             }
             Entry::Occupied(mut entry) => {
                 let existing = entry.get().clone();
@@ -214,14 +223,22 @@ impl Registry {
                     drop(state);
                     let session = fresh(entry.key().clone());
                     entry.insert(session.clone());
-                    return Attached::Ok { session, present: false, discarded: Some(existing) };
+                    return Attached::Ok {
+                        session,
+                        present: false,
+                        discarded: Some(existing),
+                    };
                 }
                 state.attachment = Some(Attachment { generation, wake });
                 state.last_generation = generation;
                 state.expiry = expiry;
                 state.offline_since = None;
                 drop(state);
-                Attached::Ok { session: existing, present: true, discarded: None }
+                Attached::Ok {
+                    session: existing,
+                    present: true,
+                    discarded: None,
+                }
             }
         }
     }
@@ -298,18 +315,35 @@ mod tests {
     use super::*;
 
     fn attach(reg: &Registry, id: &str, generation: u64, clean: bool) -> Attached {
-        reg.attach(id, generation, clean, Duration::from_secs(60), Arc::new(Notify::new()))
+        reg.attach(
+            id,
+            generation,
+            clean,
+            Duration::from_secs(60),
+            Arc::new(Notify::new()),
+        )
     }
 
     #[test]
     fn newest_generation_wins_even_when_it_attaches_first() {
         let reg = Registry::default();
-        assert!(matches!(attach(&reg, "d", 5, false), Attached::Ok { present: false, .. }));
+        assert!(matches!(
+            attach(&reg, "d", 5, false),
+            Attached::Ok { present: false, .. }
+        ));
         // A CONNECT read earlier (generation 3) that finishes late must lose.
         assert!(matches!(attach(&reg, "d", 3, false), Attached::Superseded));
-        let Attached::Ok { session, present, .. } = attach(&reg, "d", 7, false) else { panic!() };
+        let Attached::Ok {
+            session, present, ..
+        } = attach(&reg, "d", 7, false)
+        else {
+            panic!()
+        };
         assert!(present);
-        assert_eq!(session.lock().attachment.as_ref().map(|a| a.generation), Some(7));
+        assert_eq!(
+            session.lock().attachment.as_ref().map(|a| a.generation),
+            Some(7)
+        );
         // The replaced connection's detach must not touch the session.
         assert!(reg.detach(&session, 5).is_none());
         assert!(session.lock().attachment.is_some());
@@ -318,8 +352,17 @@ mod tests {
     #[test]
     fn clean_start_discards_and_expiry_zero_removes() {
         let reg = Registry::default();
-        let Attached::Ok { session: first, .. } = attach(&reg, "d", 1, false) else { panic!() };
-        let Attached::Ok { session: second, discarded, present } = attach(&reg, "d", 2, true) else { panic!() };
+        let Attached::Ok { session: first, .. } = attach(&reg, "d", 1, false) else {
+            panic!()
+        };
+        let Attached::Ok {
+            session: second,
+            discarded,
+            present,
+        } = attach(&reg, "d", 2, true)
+        else {
+            panic!()
+        };
         assert!(!present);
         assert!(Arc::ptr_eq(&discarded.unwrap(), &first));
         assert!(first.lock().discarded);
@@ -331,10 +374,16 @@ mod tests {
     #[test]
     fn offline_sessions_expire() {
         let reg = Registry::default();
-        let Attached::Ok { session, .. } = attach(&reg, "d", 1, false) else { panic!() };
+        let Attached::Ok { session, .. } = attach(&reg, "d", 1, false) else {
+            panic!()
+        };
         assert!(reg.detach(&session, 1).is_none());
         assert!(reg.sweep_expired(Instant::now()).is_empty());
-        assert_eq!(reg.sweep_expired(Instant::now() + Duration::from_secs(61)).len(), 1);
+        assert_eq!(
+            reg.sweep_expired(Instant::now() + Duration::from_secs(61))
+                .len(),
+            1
+        );
         assert_eq!(reg.len(), 0);
     }
 
@@ -342,14 +391,31 @@ mod tests {
     fn offline_sessions_keep_qos1_but_not_qos0() {
         let session = Session::new("d".into());
         let msg = |qos| Queued {
-            message: Message { topic: Bytes::from_static(b"t"), payload: Bytes::new(), retain: false, properties: None },
+            message: Message {
+                topic: Bytes::from_static(b"t"),
+                payload: Bytes::new(),
+                retain: false,
+                properties: None,
+            },
             qos,
             retain: false,
         };
-        assert!(matches!(session.offer(msg(QoS::AtMostOnce), 2), Offer::DroppedOffline));
-        assert!(matches!(session.offer(msg(QoS::AtLeastOnce), 2), Offer::Queued));
-        assert!(matches!(session.offer(msg(QoS::AtLeastOnce), 2), Offer::Queued));
-        assert!(matches!(session.offer(msg(QoS::AtLeastOnce), 2), Offer::DroppedOldest));
+        assert!(matches!(
+            session.offer(msg(QoS::AtMostOnce), 2),
+            Offer::DroppedOffline
+        ));
+        assert!(matches!(
+            session.offer(msg(QoS::AtLeastOnce), 2),
+            Offer::Queued
+        ));
+        assert!(matches!(
+            session.offer(msg(QoS::AtLeastOnce), 2),
+            Offer::Queued
+        ));
+        assert!(matches!(
+            session.offer(msg(QoS::AtLeastOnce), 2),
+            Offer::DroppedOldest
+        ));
         assert_eq!(session.lock().queue.len(), 2);
     }
 }

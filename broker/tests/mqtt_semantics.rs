@@ -32,10 +32,19 @@ async fn start(tweak: impl FnOnce(&mut BrokerConfig)) -> TestBroker {
     config.auth.mode = AuthMode::Open;
     tweak(&mut config);
     let shutdown = CancellationToken::new();
-    let broker = Broker::start(config, Arc::new(LocalOnly), &prometheus::Registry::new(), shutdown.clone())
-        .await
-        .expect("broker starts");
-    TestBroker { addr: broker.local_addr(), shutdown, broker: Some(broker) }
+    let broker = Broker::start(
+        config,
+        Arc::new(LocalOnly),
+        &prometheus::Registry::new(),
+        shutdown.clone(),
+    )
+    .await
+    .expect("broker starts");
+    TestBroker {
+        addr: broker.local_addr(),
+        shutdown,
+        broker: Some(broker),
+    }
 }
 
 /// A minimal MQTT 5 client that shows every packet, for exact assertions.
@@ -46,15 +55,28 @@ struct Raw {
 
 impl Raw {
     async fn open(addr: SocketAddr) -> Raw {
-        Raw { stream: TcpStream::connect(addr).await.unwrap(), buf: BytesMut::new() }
+        Raw {
+            stream: TcpStream::connect(addr).await.unwrap(),
+            buf: BytesMut::new(),
+        }
     }
 
-    async fn connect(addr: SocketAddr, client_id: &str, clean: bool, will: Option<LastWill>) -> (Raw, ConnAck) {
+    async fn connect(
+        addr: SocketAddr,
+        client_id: &str,
+        clean: bool,
+        will: Option<LastWill>,
+    ) -> (Raw, ConnAck) {
         let mut raw = Raw::open(addr).await;
         let mut props = ConnectProperties::new();
         props.session_expiry_interval = Some(if clean { 0 } else { 300 });
         raw.send(Packet::Connect(
-            Connect { keep_alive: 30, client_id: client_id.into(), clean_start: clean, properties: Some(props) },
+            Connect {
+                keep_alive: 30,
+                client_id: client_id.into(),
+                clean_start: clean,
+                properties: Some(props),
+            },
             will,
             None,
         ))
@@ -95,14 +117,24 @@ impl Raw {
     }
 
     async fn subscribe(&mut self, filter: &str, qos: QoS) -> SubAck {
-        self.send(Packet::Subscribe(Subscribe::new(Filter::new(filter, qos), None).with_pkid(1))).await;
+        self.send(Packet::Subscribe(
+            Subscribe::new(Filter::new(filter, qos), None).with_pkid(1),
+        ))
+        .await;
         match self.recv().await {
             Some(Packet::SubAck(ack)) => ack,
             other => panic!("expected SUBACK, got {other:?}"),
         }
     }
 
-    async fn publish(&mut self, topic: &str, payload: &'static [u8], qos: QoS, retain: bool, pkid: u16) {
+    async fn publish(
+        &mut self,
+        topic: &str,
+        payload: &'static [u8],
+        qos: QoS,
+        retain: bool,
+        pkid: u16,
+    ) {
         let mut p = Publish::new(topic, qos, Bytes::from_static(payload), None);
         p.retain = retain;
         p.pkid = pkid;
@@ -135,15 +167,23 @@ impl WithPkid for Subscribe {
 async fn qos1_publish_reaches_subscriber_and_is_acknowledged() {
     let broker = start(|_| {}).await;
     let (mut sub, _) = Raw::connect(broker.addr, "sub", true, None).await;
-    assert_eq!(sub.subscribe("t/+", QoS::AtLeastOnce).await.return_codes, vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
+    assert_eq!(
+        sub.subscribe("t/+", QoS::AtLeastOnce).await.return_codes,
+        vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    );
     let (mut publisher, _) = Raw::connect(broker.addr, "pub", true, None).await;
-    publisher.publish("t/1", b"hello", QoS::AtLeastOnce, false, 9).await;
+    publisher
+        .publish("t/1", b"hello", QoS::AtLeastOnce, false, 9)
+        .await;
     match publisher.recv().await {
         Some(Packet::PubAck(ack)) => assert_eq!(ack.pkid, 9),
         other => panic!("{other:?}"),
     }
     let got = sub.expect_publish().await;
-    assert_eq!((&got.topic[..], &got.payload[..], got.qos, got.retain), (&b"t/1"[..], &b"hello"[..], QoS::AtLeastOnce, false));
+    assert_eq!(
+        (&got.topic[..], &got.payload[..], got.qos, got.retain),
+        (&b"t/1"[..], &b"hello"[..], QoS::AtLeastOnce, false)
+    );
     sub.send(Packet::PubAck(PubAck::new(got.pkid, None))).await;
 }
 
@@ -153,7 +193,9 @@ async fn qos2_exchange_delivers_once() {
     let (mut sub, _) = Raw::connect(broker.addr, "sub2", true, None).await;
     sub.subscribe("q2", QoS::ExactlyOnce).await;
     let (mut publisher, _) = Raw::connect(broker.addr, "pub2", true, None).await;
-    publisher.publish("q2", b"x", QoS::ExactlyOnce, false, 5).await;
+    publisher
+        .publish("q2", b"x", QoS::ExactlyOnce, false, 5)
+        .await;
     assert!(matches!(publisher.recv().await, Some(Packet::PubRec(r)) if r.pkid == 5));
     // A retransmission before PUBREL must not be delivered again.
     let mut dup = Publish::new("q2", QoS::ExactlyOnce, Bytes::from_static(b"x"), None);
@@ -168,15 +210,21 @@ async fn qos2_exchange_delivers_once() {
     assert_eq!(got.qos, QoS::ExactlyOnce);
     sub.send(Packet::PubRec(PubRec::new(got.pkid, None))).await;
     assert!(matches!(sub.recv().await, Some(Packet::PubRel(r)) if r.pkid == got.pkid));
-    sub.send(Packet::PubComp(PubComp::new(got.pkid, None))).await;
-    assert!(sub.recv_within(Duration::from_millis(300)).await.is_none(), "delivered exactly once");
+    sub.send(Packet::PubComp(PubComp::new(got.pkid, None)))
+        .await;
+    assert!(
+        sub.recv_within(Duration::from_millis(300)).await.is_none(),
+        "delivered exactly once"
+    );
 }
 
 #[tokio::test]
 async fn retained_message_goes_to_later_subscribers_and_can_be_cleared() {
     let broker = start(|_| {}).await;
     let (mut publisher, _) = Raw::connect(broker.addr, "p", true, None).await;
-    publisher.publish("status/printer-1", b"online", QoS::AtLeastOnce, true, 1).await;
+    publisher
+        .publish("status/printer-1", b"online", QoS::AtLeastOnce, true, 1)
+        .await;
     assert!(matches!(publisher.recv().await, Some(Packet::PubAck(_))));
 
     let (mut sub, _) = Raw::connect(broker.addr, "s", true, None).await;
@@ -185,15 +233,26 @@ async fn retained_message_goes_to_later_subscribers_and_can_be_cleared() {
     assert!(got.retain, "retained messages are sent with RETAIN set");
     assert_eq!(&got.payload[..], b"online");
 
-    publisher.publish("status/printer-1", b"", QoS::AtLeastOnce, true, 2).await;
+    publisher
+        .publish("status/printer-1", b"", QoS::AtLeastOnce, true, 2)
+        .await;
     assert!(matches!(publisher.recv().await, Some(Packet::PubAck(_))));
     let (mut late, _) = Raw::connect(broker.addr, "late", true, None).await;
     late.subscribe("status/#", QoS::AtLeastOnce).await;
-    assert!(late.recv_within(Duration::from_millis(300)).await.is_none(), "an empty retained payload clears it");
+    assert!(
+        late.recv_within(Duration::from_millis(300)).await.is_none(),
+        "an empty retained payload clears it"
+    );
 }
 
 fn will(topic: &str) -> LastWill {
-    LastWill { topic: Bytes::copy_from_slice(topic.as_bytes()), message: Bytes::from_static(b"gone"), qos: QoS::AtLeastOnce, retain: false, properties: None }
+    LastWill {
+        topic: Bytes::copy_from_slice(topic.as_bytes()),
+        message: Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: None,
+    }
 }
 
 #[tokio::test]
@@ -205,11 +264,25 @@ async fn will_is_published_on_abrupt_close_but_not_on_disconnect() {
     let (dying, _) = Raw::connect(broker.addr, "dying", true, Some(will("wills/dying"))).await;
     drop(dying); // TCP close without DISCONNECT
     let got = watcher.expect_publish().await;
-    assert_eq!((&got.topic[..], &got.payload[..]), (&b"wills/dying"[..], &b"gone"[..]));
+    assert_eq!(
+        (&got.topic[..], &got.payload[..]),
+        (&b"wills/dying"[..], &b"gone"[..])
+    );
 
-    let (mut polite, _) = Raw::connect(broker.addr, "polite", true, Some(will("wills/polite"))).await;
-    polite.send(Packet::Disconnect(Disconnect::new(DisconnectReasonCode::NormalDisconnection))).await;
-    assert!(watcher.recv_within(Duration::from_millis(500)).await.is_none(), "no will after DISCONNECT");
+    let (mut polite, _) =
+        Raw::connect(broker.addr, "polite", true, Some(will("wills/polite"))).await;
+    polite
+        .send(Packet::Disconnect(Disconnect::new(
+            DisconnectReasonCode::NormalDisconnection,
+        )))
+        .await;
+    assert!(
+        watcher
+            .recv_within(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "no will after DISCONNECT"
+    );
 }
 
 #[tokio::test]
@@ -220,14 +293,18 @@ async fn newest_connection_takes_over_the_session() {
     let (mut second, ack) = Raw::connect(broker.addr, "dev", false, None).await;
     assert!(ack.session_present, "the persistent session is resumed");
     match first.recv().await {
-        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, DisconnectReasonCode::SessionTakenOver),
+        Some(Packet::Disconnect(d)) => {
+            assert_eq!(d.reason_code, DisconnectReasonCode::SessionTakenOver)
+        }
         other => panic!("old connection should get DISCONNECT 0x8E, got {other:?}"),
     }
     assert!(first.recv().await.is_none(), "and be closed");
 
     // The subscription moved with the session.
     let (mut publisher, _) = Raw::connect(broker.addr, "pubber", true, None).await;
-    publisher.publish("dev/down", b"cmd", QoS::AtLeastOnce, false, 3).await;
+    publisher
+        .publish("dev/down", b"cmd", QoS::AtLeastOnce, false, 3)
+        .await;
     assert_eq!(&second.expect_publish().await.payload[..], b"cmd");
 }
 
@@ -255,7 +332,10 @@ async fn connect_burst_for_one_client_id_leaves_exactly_one_session() {
             }
         }
         client.send_raw(&[0xC0, 0x00]).await; // PINGREQ
-        if matches!(client.recv_within(Duration::from_millis(500)).await, Some(Packet::PingResp(_))) {
+        if matches!(
+            client.recv_within(Duration::from_millis(500)).await,
+            Some(Packet::PingResp(_))
+        ) {
             alive += 1;
         }
     }
@@ -268,12 +348,19 @@ async fn offline_persistent_session_receives_queued_messages() {
     let broker = start(|_| {}).await;
     let (mut dev, _) = Raw::connect(broker.addr, "speaker-9", false, None).await;
     dev.subscribe("speaker-9/down", QoS::AtLeastOnce).await;
-    dev.send(Packet::Disconnect(Disconnect::new(DisconnectReasonCode::NormalDisconnection))).await;
+    dev.send(Packet::Disconnect(Disconnect::new(
+        DisconnectReasonCode::NormalDisconnection,
+    )))
+    .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let (mut publisher, _) = Raw::connect(broker.addr, "backend", true, None).await;
-    publisher.publish("speaker-9/down", b"one", QoS::AtLeastOnce, false, 1).await;
-    publisher.publish("speaker-9/down", b"two", QoS::AtLeastOnce, false, 2).await;
+    publisher
+        .publish("speaker-9/down", b"one", QoS::AtLeastOnce, false, 1)
+        .await;
+    publisher
+        .publish("speaker-9/down", b"two", QoS::AtLeastOnce, false, 2)
+        .await;
     let (mut dev, ack) = Raw::connect(broker.addr, "speaker-9", false, None).await;
     assert!(ack.session_present);
     assert_eq!(&dev.expect_publish().await.payload[..], b"one");
@@ -294,13 +381,17 @@ async fn malformed_packet_closes_only_that_connection() {
                 closed = true;
                 break;
             }
-            Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, DisconnectReasonCode::ProtocolError),
+            Some(Packet::Disconnect(d)) => {
+                assert_eq!(d.reason_code, DisconnectReasonCode::ProtocolError)
+            }
             Some(other) => panic!("{other:?}"),
         }
     }
     assert!(closed);
     let (mut publisher, _) = Raw::connect(broker.addr, "still-fine", true, None).await;
-    publisher.publish("h", b"ok", QoS::AtMostOnce, false, 0).await;
+    publisher
+        .publish("h", b"ok", QoS::AtMostOnce, false, 0)
+        .await;
     assert_eq!(&healthy.expect_publish().await.payload[..], b"ok");
 }
 
@@ -313,7 +404,9 @@ async fn oversized_packet_gets_packet_too_large() {
     p.pkid = 0;
     client.send(Packet::Publish(p)).await;
     match client.recv().await {
-        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, DisconnectReasonCode::PacketTooLarge),
+        Some(Packet::Disconnect(d)) => {
+            assert_eq!(d.reason_code, DisconnectReasonCode::PacketTooLarge)
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -335,10 +428,15 @@ async fn garbage_instead_of_connect_and_old_protocols_are_refused() {
     assert!(raw.recv().await.is_none(), "closed without a reply");
 
     let mut old = Raw::open(broker.addr).await;
-    old.send_raw(b"\x10\x12\x00\x06MQIsdp\x03\x02\x00\x3c\x00\x04abcd").await;
+    old.send_raw(b"\x10\x12\x00\x06MQIsdp\x03\x02\x00\x3c\x00\x04abcd")
+        .await;
     let mut reply = [0u8; 4];
     old.stream.read_exact(&mut reply).await.unwrap();
-    assert_eq!(reply, [0x20, 0x02, 0x00, 0x01], "3.1.1 CONNACK 'unacceptable protocol version'");
+    assert_eq!(
+        reply,
+        [0x20, 0x02, 0x00, 0x01],
+        "3.1.1 CONNACK 'unacceptable protocol version'"
+    );
 }
 
 #[tokio::test]
@@ -346,14 +444,21 @@ async fn keepalive_timeout_closes_silent_clients() {
     let broker = start(|_| {}).await;
     let mut raw = Raw::open(broker.addr).await;
     raw.send(Packet::Connect(
-        Connect { keep_alive: 1, client_id: "sleepy".into(), clean_start: true, properties: None },
+        Connect {
+            keep_alive: 1,
+            client_id: "sleepy".into(),
+            clean_start: true,
+            properties: None,
+        },
         None,
         None,
     ))
     .await;
     assert!(matches!(raw.recv().await, Some(Packet::ConnAck(_))));
     match raw.recv_within(Duration::from_secs(4)).await {
-        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, DisconnectReasonCode::KeepAliveTimeout),
+        Some(Packet::Disconnect(d)) => {
+            assert_eq!(d.reason_code, DisconnectReasonCode::KeepAliveTimeout)
+        }
         other => panic!("{other:?}"),
     }
 }

@@ -35,7 +35,9 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([0, 0, 0, 0], 9090)) }
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+        }
     }
 }
 
@@ -58,7 +60,10 @@ pub enum LogFormat {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: LogFormat::Text, filter: "info".into() }
+        Self {
+            format: LogFormat::Text,
+            filter: "info".into(),
+        }
     }
 }
 
@@ -67,7 +72,11 @@ impl HeraldConfig {
     pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
         let mut figment = Figment::new();
         if let Some(path) = path {
-            anyhow::ensure!(path.exists(), "configuration file {} does not exist", path.display());
+            anyhow::ensure!(
+                path.exists(),
+                "configuration file {} does not exist",
+                path.display()
+            );
             figment = figment.merge(Toml::file_exact(path));
         }
         let config: HeraldConfig = figment
@@ -85,8 +94,17 @@ fn describe(error: figment::Error) -> String {
     error
         .into_iter()
         .map(|e| {
-            let key = if e.path.is_empty() { "(top level)".to_string() } else { e.path.join(".") };
-            let source = e.metadata.as_ref().and_then(|m| m.source.as_ref()).map(|s| format!(" (from {s})")).unwrap_or_default();
+            let key = if e.path.is_empty() {
+                "(top level)".to_string()
+            } else {
+                e.path.join(".")
+            };
+            let source = e
+                .metadata
+                .as_ref()
+                .and_then(|m| m.source.as_ref())
+                .map(|s| format!(" (from {s})"))
+                .unwrap_or_default();
             format!("`{key}`{source}: {}", e.kind)
         })
         .collect::<Vec<_>>()
@@ -101,7 +119,10 @@ mod tests {
     fn example_config_parses_and_equals_defaults_where_commented() {
         let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/herald.example.toml");
         figment::Jail::expect_with(|jail| {
-            jail.set_env("HERALD_BROKER__AUTH__FLEET_KEY", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=");
+            jail.set_env(
+                "HERALD_BROKER__AUTH__FLEET_KEY",
+                "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+            );
             let config = HeraldConfig::load(Some(Path::new(example))).map_err(|e| e.to_string())?;
             assert_eq!(config.broker.listen.port(), 1883);
             assert_eq!(config.kafka.uplink_rules.len(), 4);
@@ -114,7 +135,10 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file("bad.toml", "[broker]\nmax_packet_size = \"big\"\n")?;
             let err = HeraldConfig::load(Some(Path::new("bad.toml"))).unwrap_err();
-            assert!(format!("{err:#}").contains("broker.max_packet_size"), "{err:#}");
+            assert!(
+                format!("{err:#}").contains("broker.max_packet_size"),
+                "{err:#}"
+            );
 
             jail.create_file("typo.toml", "[broker]\nlisten_addr = \"0.0.0.0:1\"\n")?;
             let err = HeraldConfig::load(Some(Path::new("typo.toml"))).unwrap_err();
@@ -123,7 +147,10 @@ mod tests {
             jail.create_file("ok.toml", "[broker.auth]\nmode = \"open\"\n")?;
             jail.set_env("HERALD_BROKER__MAX_PACKET_SIZE", "10");
             let err = HeraldConfig::load(Some(Path::new("ok.toml"))).unwrap_err();
-            assert!(format!("{err:#}").contains("broker.max_packet_size"), "{err:#}");
+            assert!(
+                format!("{err:#}").contains("broker.max_packet_size"),
+                "{err:#}"
+            );
             Ok(())
         });
     }

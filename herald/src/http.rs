@@ -35,7 +35,9 @@ pub async fn serve(
         .route("/readyz", get(ready))
         .with_state(Probe { registry, kafka });
     Ok(tokio::spawn(async move {
-        let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
         if let Err(error) = served {
             tracing::error!(%error, "HTTP server failed");
         }
@@ -45,7 +47,12 @@ pub async fn serve(
 async fn metrics(State(probe): State<Probe>) -> impl IntoResponse {
     let mut body = Vec::new();
     match TextEncoder::new().encode(&probe.registry.gather(), &mut body) {
-        Ok(()) => (StatusCode::OK, [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response(),
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+            body,
+        )
+            .into_response(),
         Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
     }
 }

@@ -14,7 +14,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "herald", version, about = "MQTT broker and Kafka bridge for payment terminals")]
+#[command(
+    name = "herald",
+    version,
+    about = "MQTT broker and Kafka bridge for payment terminals"
+)]
 struct Cli {
     /// Configuration file (TOML). Environment variables HERALD_<SECTION>__<KEY> override it.
     #[arg(short, long, global = true, env = "HERALD_CONFIG")]
@@ -95,16 +99,27 @@ async fn run(config: HeraldConfig) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let registry = prometheus::Registry::new();
     #[cfg(target_os = "linux")]
-    registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+    registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
 
-    let sink = Arc::new(KafkaUplinkSink::new(&config.kafka, &registry).context("cannot create the Kafka producer")?);
+    let sink = Arc::new(
+        KafkaUplinkSink::new(&config.kafka, &registry)
+            .context("cannot create the Kafka producer")?,
+    );
     let kafka_health = KafkaHealth::spawn(
         sink.producer().clone(),
         config.kafka.healthcheck_interval,
         &registry,
         shutdown.clone(),
     )?;
-    let broker = Broker::start(config.broker.clone(), sink.clone(), &registry, shutdown.clone()).await?;
+    let broker = Broker::start(
+        config.broker.clone(),
+        sink.clone(),
+        &registry,
+        shutdown.clone(),
+    )
+    .await?;
     let http = http::serve(config.http.listen, registry, kafka_health, shutdown.clone()).await?;
 
     tokio::spawn(wait_for_signal(shutdown.clone()));
@@ -134,18 +149,30 @@ async fn wait_for_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-fn print_credentials(config: &HeraldConfig, device_id: &str, format: CredentialFormat) -> anyhow::Result<()> {
-    herald_identity::validate_device_id(device_id).map_err(|e| anyhow::anyhow!("{device_id:?}: {e}"))?;
+fn print_credentials(
+    config: &HeraldConfig,
+    device_id: &str,
+    format: CredentialFormat,
+) -> anyhow::Result<()> {
+    herald_identity::validate_device_id(device_id)
+        .map_err(|e| anyhow::anyhow!("{device_id:?}: {e}"))?;
     let auth = &config.broker.auth;
     let key_text = match (&auth.fleet_key, &auth.fleet_key_file) {
         (Some(key), _) => key.clone(),
-        (None, Some(path)) => std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
-        (None, None) => anyhow::bail!("no fleet key configured (broker.auth.fleet_key or fleet_key_file)"),
+        (None, Some(path)) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+        }
+        (None, None) => {
+            anyhow::bail!("no fleet key configured (broker.auth.fleet_key or fleet_key_file)")
+        }
     };
     use base64::Engine as _;
     let key = base64::engine::general_purpose::STANDARD
         .decode(key_text.trim())
-        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(key_text.trim().trim_end_matches('=')))
+        .or_else(|_| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(key_text.trim().trim_end_matches('='))
+        })
         .context("broker.auth.fleet_key is not base64")?;
     let secret = herald_identity::FleetKey::new(&key).device_secret(device_id);
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
@@ -160,7 +187,10 @@ fn print_credentials(config: &HeraldConfig, device_id: &str, format: CredentialF
         CredentialFormat::Text => {
             let window = humantime::format_duration(auth.password_window);
             println!("device id / MQTT client id / username: {device_id}");
-            println!("device secret (provision into the device): {}", secret.to_base64());
+            println!(
+                "device secret (provision into the device): {}",
+                secret.to_base64()
+            );
             println!("MQTT password (valid for {window} around now): {password}");
             println!("uplink namespace:   {prefix}/{device_id}/up/...");
             println!("downlink namespace: {prefix}/{device_id}/down/...");

@@ -34,24 +34,45 @@ async fn puback_waits_for_kafka_through_an_outage() {
     let topic = format!("devices/{device}/up/scan");
 
     // Warm up: the Kafka topic exists and the producer is connected.
-    client.publish(&topic, QoS::AtLeastOnce, false, &b"before"[..]).await.unwrap();
-    wait_puback(&mut eventloop, Duration::from_secs(60)).await.expect("PUBACK while Kafka is up");
+    client
+        .publish(&topic, QoS::AtLeastOnce, false, &b"before"[..])
+        .await
+        .unwrap();
+    wait_puback(&mut eventloop, Duration::from_secs(60))
+        .await
+        .expect("PUBACK while Kafka is up");
 
     kafka_script(PORT, "kill");
-    client.publish(&topic, QoS::AtLeastOnce, false, &b"during"[..]).await.unwrap();
+    client
+        .publish(&topic, QoS::AtLeastOnce, false, &b"during"[..])
+        .await
+        .unwrap();
     assert!(
-        wait_puback(&mut eventloop, Duration::from_secs(8)).await.is_none(),
+        wait_puback(&mut eventloop, Duration::from_secs(8))
+            .await
+            .is_none(),
         "no PUBACK may be sent while Kafka is down"
     );
 
     kafka_script(PORT, "start");
     let started = Instant::now();
-    wait_puback(&mut eventloop, Duration::from_secs(150)).await.expect("PUBACK once Kafka is back");
+    wait_puback(&mut eventloop, Duration::from_secs(150))
+        .await
+        .expect("PUBACK once Kafka is back");
     eprintln!("PUBACK {:?} after Kafka restarted", started.elapsed());
 
-    let records = consume(&bootstrap, &format!("{}.scan", herald.topic_prefix), 2, Duration::from_secs(60)).await;
+    let records = consume(
+        &bootstrap,
+        &format!("{}.scan", herald.topic_prefix),
+        2,
+        Duration::from_secs(60),
+    )
+    .await;
     let payloads: Vec<&[u8]> = records.iter().map(|r| r.payload.as_slice()).collect();
-    assert!(payloads.contains(&&b"during"[..]), "the acknowledged message is in Kafka: {payloads:?}");
+    assert!(
+        payloads.contains(&&b"during"[..]),
+        "the acknowledged message is in Kafka: {payloads:?}"
+    );
     assert!(payloads.contains(&&b"before"[..]));
 }
 

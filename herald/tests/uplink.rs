@@ -3,7 +3,9 @@
 mod common;
 
 use common::{consume, kafka, Herald};
-use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS};
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS,
+};
 use std::time::Duration;
 
 fn options(herald: &Herald, device_id: &str, password: &str) -> MqttOptions {
@@ -47,37 +49,71 @@ async fn qos1_uplink_lands_in_kafka_with_device_key_and_headers() {
     let herald = Herald::start(&bootstrap, "");
     herald.wait_ready();
     let device = "scanbox-0001";
-    let (client, mut eventloop) = AsyncClient::new(options(&herald, device, &herald.password(device)), 10);
+    let (client, mut eventloop) =
+        AsyncClient::new(options(&herald, device, &herald.password(device)), 10);
     connected(&mut eventloop).await.expect("device connects");
     client
-        .publish(format!("devices/{device}/up/scan"), QoS::AtLeastOnce, false, &b"28 1234 5678 9012 3456"[..])
+        .publish(
+            format!("devices/{device}/up/scan"),
+            QoS::AtLeastOnce,
+            false,
+            &b"28 1234 5678 9012 3456"[..],
+        )
         .await
         .unwrap();
-    assert!(puback_within(&mut eventloop, Duration::from_secs(30)).await.is_some(), "PUBACK after Kafka's ack");
+    assert!(
+        puback_within(&mut eventloop, Duration::from_secs(30))
+            .await
+            .is_some(),
+        "PUBACK after Kafka's ack"
+    );
 
-    let records = consume(&bootstrap, &format!("{}.scan", herald.topic_prefix), 1, Duration::from_secs(30)).await;
+    let records = consume(
+        &bootstrap,
+        &format!("{}.scan", herald.topic_prefix),
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(records.len(), 1);
     let record = &records[0];
     assert_eq!(record.key.as_deref(), Some(device.as_bytes()));
     assert_eq!(record.payload, b"28 1234 5678 9012 3456");
     assert_eq!(record.header("herald-device-id"), Some(device));
-    assert_eq!(record.header("herald-mqtt-topic"), Some(format!("devices/{device}/up/scan").as_str()));
+    assert_eq!(
+        record.header("herald-mqtt-topic"),
+        Some(format!("devices/{device}/up/scan").as_str())
+    );
     assert_eq!(record.header("herald-qos"), Some("1"));
-    let received: u64 = record.header("herald-received-at").unwrap().parse().unwrap();
+    let received: u64 = record
+        .header("herald-received-at")
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(received > 1_700_000_000_000);
-    let produced = format!("herald_kafka_produced_total{{result=\"ok\",topic=\"{}.scan\"}}", herald.topic_prefix);
+    let produced = format!(
+        "herald_kafka_produced_total{{result=\"ok\",topic=\"{}.scan\"}}",
+        herald.topic_prefix
+    );
     assert_eq!(herald.metric(&produced), 1.0);
-    assert_eq!(herald.metric("herald_connects_total{result=\"accepted\"}"), 1.0);
+    assert_eq!(
+        herald.metric("herald_connects_total{result=\"accepted\"}"),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_password_gets_not_authorized_and_is_counted() {
     let herald = Herald::start(&kafka(), "");
     let device = "speaker-0002";
-    let forged = herald.password("someone-else").replace("someone-else", device);
+    let forged = herald
+        .password("someone-else")
+        .replace("someone-else", device);
     let (_client, mut eventloop) = AsyncClient::new(options(&herald, device, &forged), 10);
     match connected(&mut eventloop).await {
-        Err(ConnectionError::ConnectionRefused(code)) => assert_eq!(code, ConnectReturnCode::NotAuthorized),
+        Err(ConnectionError::ConnectionRefused(code)) => {
+            assert_eq!(code, ConnectReturnCode::NotAuthorized)
+        }
         other => panic!("expected CONNACK not authorized, got {other:?}"),
     }
     let (_client, mut eventloop) = AsyncClient::new(options(&herald, device, "v1.1.AAAA"), 10);
@@ -95,11 +131,17 @@ async fn publish_outside_namespace_is_refused_and_nothing_reaches_kafka() {
     // MQTT 5: a PUBACK with reason "not authorized", and the connection stays.
     use rumqttc::v5::mqttbytes::v5::{Packet as P5, PubAckReason};
     let device = "printer-0003";
-    let mut options5 = rumqttc::v5::MqttOptions::new(device, herald.mqtt.ip().to_string(), herald.mqtt.port());
+    let mut options5 =
+        rumqttc::v5::MqttOptions::new(device, herald.mqtt.ip().to_string(), herald.mqtt.port());
     options5.set_credentials(device, herald.password(device));
     let (client5, mut eventloop5) = rumqttc::v5::AsyncClient::new(options5, 10);
     client5
-        .publish("devices/printer-9999/up/scan", rumqttc::v5::mqttbytes::QoS::AtLeastOnce, false, &b"spoofed"[..])
+        .publish(
+            "devices/printer-9999/up/scan",
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            false,
+            &b"spoofed"[..],
+        )
         .await
         .unwrap();
     let reason = tokio::time::timeout(Duration::from_secs(10), async {
@@ -115,9 +157,18 @@ async fn publish_outside_namespace_is_refused_and_nothing_reaches_kafka() {
 
     // MQTT 3.1.1 has no negative PUBACK: the connection is closed instead.
     let device4 = "printer-0004";
-    let (client4, mut eventloop4) = AsyncClient::new(options(&herald, device4, &herald.password(device4)), 10);
+    let (client4, mut eventloop4) =
+        AsyncClient::new(options(&herald, device4, &herald.password(device4)), 10);
     connected(&mut eventloop4).await.unwrap();
-    client4.publish("devices/printer-9999/up/scan", QoS::AtLeastOnce, false, &b"spoofed"[..]).await.unwrap();
+    client4
+        .publish(
+            "devices/printer-9999/up/scan",
+            QoS::AtLeastOnce,
+            false,
+            &b"spoofed"[..],
+        )
+        .await
+        .unwrap();
     let closed = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match eventloop4.poll().await {
@@ -131,7 +182,16 @@ async fn publish_outside_namespace_is_refused_and_nothing_reaches_kafka() {
     .expect("a reaction");
     assert!(closed, "refused, never acknowledged");
 
-    let records = consume(&bootstrap, &format!("{}.scan", herald.topic_prefix), 1, Duration::from_secs(5)).await;
+    let records = consume(
+        &bootstrap,
+        &format!("{}.scan", herald.topic_prefix),
+        1,
+        Duration::from_secs(5),
+    )
+    .await;
     assert!(records.is_empty(), "nothing reached Kafka: {records:?}");
-    assert_eq!(herald.metric("herald_acl_denied_total{action=\"publish\"}"), 2.0);
+    assert_eq!(
+        herald.metric("herald_acl_denied_total{action=\"publish\"}"),
+        2.0
+    );
 }

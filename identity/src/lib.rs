@@ -28,7 +28,9 @@ const PASSWORD_VERSION: &str = "v1";
 /// Why a credential was refused. The variants double as metric labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CredentialError {
-    #[error("device id is empty, longer than 64 bytes, or has characters other than A-Z a-z 0-9 - _ .")]
+    #[error(
+        "device id is empty, longer than 64 bytes, or has characters other than A-Z a-z 0-9 - _ ."
+    )]
     InvalidDeviceId,
     #[error("password is not of the form v1.<unix-seconds>.<signature>")]
     MalformedPassword,
@@ -106,9 +108,11 @@ impl FleetKey {
         window_secs: u64,
     ) -> Result<(), CredentialError> {
         validate_device_id(device_id)?;
-        let password = std::str::from_utf8(password).map_err(|_| CredentialError::MalformedPassword)?;
+        let password =
+            std::str::from_utf8(password).map_err(|_| CredentialError::MalformedPassword)?;
         let mut parts = password.splitn(3, '.');
-        let (Some(PASSWORD_VERSION), Some(ts), Some(sig)) = (parts.next(), parts.next(), parts.next())
+        let (Some(PASSWORD_VERSION), Some(ts), Some(sig)) =
+            (parts.next(), parts.next(), parts.next())
         else {
             return Err(CredentialError::MalformedPassword);
         };
@@ -186,7 +190,10 @@ mod tests {
         let secret = fleet().device_secret("spk-001");
         let pw = secret.password("spk-001", NOW);
         assert!(pw.starts_with("v1.1790000000."));
-        assert_eq!(fleet().verify_password("spk-001", pw.as_bytes(), NOW + 30, 300), Ok(()));
+        assert_eq!(
+            fleet().verify_password("spk-001", pw.as_bytes(), NOW + 30, 300),
+            Ok(())
+        );
     }
 
     #[test]
@@ -212,8 +219,20 @@ mod tests {
             fleet().verify_password("spk-001", pw.as_bytes(), NOW - 301, 300),
             Err(CredentialError::Expired)
         );
-        for bad in ["", "v1", "v1.x.y", "v2.1.AAAA", "v1.1790000000.!!!", "\u{0}"] {
-            assert!(fleet().verify_password("spk-001", bad.as_bytes(), NOW, 300).is_err(), "{bad}");
+        for bad in [
+            "",
+            "v1",
+            "v1.x.y",
+            "v2.1.AAAA",
+            "v1.1790000000.!!!",
+            "\u{0}",
+        ] {
+            assert!(
+                fleet()
+                    .verify_password("spk-001", bad.as_bytes(), NOW, 300)
+                    .is_err(),
+                "{bad}"
+            );
         }
         assert_eq!(
             fleet().verify_password("spk-001", &[0xff, 0xfe], NOW, 300),
@@ -225,7 +244,11 @@ mod tests {
     fn device_id_rules() {
         assert!(validate_device_id("printer_42-a.b").is_ok());
         for bad in ["", "a/b", "a+b", "a#", "ä", &"x".repeat(65)] {
-            assert_eq!(validate_device_id(bad), Err(CredentialError::InvalidDeviceId), "{bad}");
+            assert_eq!(
+                validate_device_id(bad),
+                Err(CredentialError::InvalidDeviceId),
+                "{bad}"
+            );
         }
     }
 }

@@ -23,7 +23,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 #[derive(Parser)]
-#[command(name = "herald-loadtest", version, about = "Simulate payment-terminal fleets against an MQTT broker")]
+#[command(
+    name = "herald-loadtest",
+    version,
+    about = "Simulate payment-terminal fleets against an MQTT broker"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -105,7 +109,8 @@ impl Percentiles {
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("reading /proc/{pid}/status"))?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -141,17 +146,23 @@ async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
     let fleet_key = match &args.fleet_key {
         Some(text) => {
             use base64::Engine as _;
-            let bytes = base64::engine::general_purpose::STANDARD.decode(text.trim()).context("--fleet-key is not base64")?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(text.trim())
+                .context("--fleet-key is not base64")?;
             Some(herald_identity::FleetKey::new(&bytes))
         }
         None => None,
     };
     let rss_before = args.broker_pid.map(rss_kib).transpose()?;
-    let latency = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+    let latency = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
     let connected = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let progress = ProgressBar::new(u64::from(args.clients));
-    progress.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} connected {msg}")?);
+    progress.set_style(ProgressStyle::with_template(
+        "{elapsed_precise} [{bar:40}] {pos}/{len} connected {msg}",
+    )?);
 
     let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1)));
     let started = Instant::now();
@@ -163,16 +174,26 @@ async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
         tokio::time::sleep_until(intended.into()).await;
         let client_id = args.client_id.replace("%i", &i.to_string());
         let password = fleet_key.as_ref().map(|key| {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
             key.device_secret(&client_id).password(&client_id, now)
         });
-        let (latency, connected, failed, progress) = (latency.clone(), connected.clone(), failed.clone(), progress.clone());
+        let (latency, connected, failed, progress) = (
+            latency.clone(),
+            connected.clone(),
+            failed.clone(),
+            progress.clone(),
+        );
         let keepalive = args.keepalive;
         tasks.push(tokio::spawn(async move {
             match terminal_connect(addr, &client_id, password, keepalive).await {
                 Ok(stream) => {
                     let micros = intended.elapsed().as_micros() as u64;
-                    let _ = latency.lock().map(|mut h| h.saturating_record(micros.max(1)));
+                    let _ = latency
+                        .lock()
+                        .map(|mut h| h.saturating_record(micros.max(1)));
                     connected.fetch_add(1, Ordering::Relaxed);
                     progress.inc(1);
                     Some(stream)
@@ -223,7 +244,9 @@ async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
         holder.await?;
     }
     let connected = connected.load(Ordering::Relaxed);
-    let histogram = latency.lock().map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
+    let histogram = latency
+        .lock()
+        .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
     let report = FleetReport {
         clients: args.clients,
         connected,
@@ -234,7 +257,9 @@ async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
         broker_rss_before_kib: rss_before,
         broker_rss_after_kib: rss_after,
         broker_rss_per_session_bytes: match (rss_before, rss_after) {
-            (Some(before), Some(after)) if connected > 0 => Some((after.saturating_sub(before) * 1024) as f64 / connected as f64),
+            (Some(before), Some(after)) if connected > 0 => {
+                Some((after.saturating_sub(before) * 1024) as f64 / connected as f64)
+            }
             _ => None,
         },
     };
@@ -247,7 +272,12 @@ async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
 }
 
 /// Opens one terminal's MQTT 3.1.1 session; returns the socket after CONNACK.
-async fn terminal_connect(addr: SocketAddr, client_id: &str, password: Option<String>, keepalive: u16) -> anyhow::Result<TcpStream> {
+async fn terminal_connect(
+    addr: SocketAddr,
+    client_id: &str,
+    password: Option<String>,
+    keepalive: u16,
+) -> anyhow::Result<TcpStream> {
     let mut stream = tokio::time::timeout(Duration::from_secs(30), TcpStream::connect(addr))
         .await
         .context("TCP connect timed out")?
@@ -263,11 +293,17 @@ async fn terminal_connect(addr: SocketAddr, client_id: &str, password: Option<St
     stream.write_all(&buf).await?;
     let mut reply = BytesMut::with_capacity(8);
     loop {
-        if tokio::time::timeout(Duration::from_secs(30), stream.read_buf(&mut reply)).await.context("CONNACK timed out")?? == 0 {
+        if tokio::time::timeout(Duration::from_secs(30), stream.read_buf(&mut reply))
+            .await
+            .context("CONNACK timed out")??
+            == 0
+        {
             bail!("connection closed before CONNACK");
         }
         match Packet::read(&mut reply, 1024) {
-            Ok(Packet::ConnAck(ack)) if ack.code == v4::ConnectReturnCode::Success => return Ok(stream),
+            Ok(Packet::ConnAck(ack)) if ack.code == v4::ConnectReturnCode::Success => {
+                return Ok(stream)
+            }
             Ok(Packet::ConnAck(ack)) => bail!("refused: {:?}", ack.code),
             Ok(other) => bail!("expected CONNACK, got {other:?}"),
             Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => continue,

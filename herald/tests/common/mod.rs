@@ -35,7 +35,10 @@ pub fn kafka() -> String {
     static STARTED: OnceLock<String> = OnceLock::new();
     STARTED
         .get_or_init(|| {
-            let port: u16 = std::env::var("HERALD_TEST_KAFKA_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(9092);
+            let port: u16 = std::env::var("HERALD_TEST_KAFKA_PORT")
+                .ok()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(9092);
             kafka_script(port, "start");
             format!("127.0.0.1:{port}")
         })
@@ -43,11 +46,18 @@ pub fn kafka() -> String {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn unique(prefix: &str) -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     format!("{prefix}{}-{}", std::process::id(), nanos % 1_000_000_000)
 }
 
@@ -119,7 +129,14 @@ uplink_rules = [
                 eprintln!("[herald] {line}");
             }
         });
-        let herald = Herald { child, mqtt, http, topic_prefix, config_path, _dir: dir };
+        let herald = Herald {
+            child,
+            mqtt,
+            http,
+            topic_prefix,
+            config_path,
+            _dir: dir,
+        };
         herald.wait_for_listener();
         herald
     }
@@ -127,7 +144,10 @@ uplink_rules = [
     fn wait_for_listener(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(self.mqtt).is_err() {
-            assert!(Instant::now() < deadline, "herald did not open its MQTT port");
+            assert!(
+                Instant::now() < deadline,
+                "herald did not open its MQTT port"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -144,11 +164,17 @@ uplink_rules = [
     /// Minimal HTTP/1.0 GET: (status, body).
     pub fn http_get(&self, path: &str) -> (u16, String) {
         use std::io::{Read, Write};
-        let Ok(mut stream) = TcpStream::connect(self.http) else { return (0, String::new()) };
+        let Ok(mut stream) = TcpStream::connect(self.http) else {
+            return (0, String::new());
+        };
         let _ = write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
         let mut response = String::new();
         let _ = stream.read_to_string(&mut response);
-        let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
         (status, body)
     }
@@ -157,7 +183,10 @@ uplink_rules = [
     pub fn metric(&self, sample: &str) -> f64 {
         let (_, body) = self.http_get("/metrics");
         body.lines()
-            .find_map(|line| line.strip_prefix(sample).and_then(|rest| rest.trim().parse().ok()))
+            .find_map(|line| {
+                line.strip_prefix(sample)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
             .unwrap_or(0.0)
     }
 
@@ -197,9 +226,16 @@ fn section(extra: &str, name: &str) -> String {
 
 pub fn device_password(device_id: &str) -> String {
     use base64::Engine as _;
-    let key = base64::engine::general_purpose::STANDARD.decode(FLEET_KEY).unwrap();
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-    herald_identity::FleetKey::new(&key).device_secret(device_id).password(device_id, now)
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(FLEET_KEY)
+        .unwrap();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    herald_identity::FleetKey::new(&key)
+        .device_secret(device_id)
+        .password(device_id, now)
 }
 
 /// A record read back from Kafka.
@@ -212,7 +248,10 @@ pub struct Record {
 
 impl Record {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -240,7 +279,13 @@ pub async fn consume(bootstrap: &str, topic: &str, want: usize, wait: Duration) 
                     .headers()
                     .map(|h| {
                         h.iter()
-                            .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
                             .collect()
                     })
                     .unwrap_or_default(),
