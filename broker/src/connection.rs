@@ -492,6 +492,11 @@ impl Connection {
     }
 
     async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut Io<S>) -> CloseReason {
+        // Clients may send packets right behind CONNECT without waiting for
+        // the CONNACK; they are already buffered.
+        if let Err(reason) = self.process_input(io) {
+            return reason;
+        }
         loop {
             let can_read = self.pending.len()
                 < usize::from(self.shared.config.max_inflight_uplinks)
@@ -577,6 +582,18 @@ impl Connection {
         while self.pending.len() < usize::from(self.shared.config.max_inflight_uplinks)
             && !self.waiting_for_permit
         {
+            // A PUBLISH may go to the sink: hold a global in-flight permit
+            // before decoding it, or stop reading until one is free.
+            let is_publish = io.rbuf.first().is_some_and(|b| b >> 4 == 3);
+            if is_publish && self.reserved.is_none() {
+                match self.shared.uplink_permits.clone().try_acquire_owned() {
+                    Ok(permit) => self.reserved = Some(permit),
+                    Err(_) => {
+                        self.waiting_for_permit = true;
+                        break;
+                    }
+                }
+            }
             match codec::read(self.version, &mut io.rbuf, max_packet) {
                 Ok(Some(packet)) => self.handle(&mut io.wbuf, packet)?,
                 Ok(None) => break,
@@ -596,6 +613,10 @@ impl Connection {
                     return Err(reason);
                 }
             }
+        }
+        // An idle connection holds no permit.
+        if !self.waiting_for_permit {
+            self.reserved = None;
         }
         io.release_read_buffer();
         Ok(())
@@ -805,16 +826,9 @@ impl Connection {
         Ok(())
     }
 
-    /// Takes a global in-flight permit for the uplink being submitted, and
-    /// arranges to wait for the next one if none is left.
+    /// Takes the global in-flight permit reserved for the PUBLISH being handled.
     fn take_inflight_slot(&mut self) -> Option<InflightSlot> {
-        let permit = self
-            .reserved
-            .take()
-            .or_else(|| self.shared.uplink_permits.clone().try_acquire_owned().ok());
-        if self.shared.uplink_permits.available_permits() == 0 {
-            self.waiting_for_permit = true;
-        }
+        let permit = self.reserved.take();
         permit.map(|permit| {
             self.shared.metrics.uplinks_inflight.inc();
             InflightSlot {
