@@ -54,8 +54,14 @@ pub struct UplinkRule {
 }
 
 impl UplinkRule {
-    /// The terminal uplinks: scan results, print status, command acks and telemetry.
+    /// The terminal uplinks under the default `devices` namespace.
     pub fn defaults() -> Vec<UplinkRule> {
+        Self::defaults_for("devices")
+    }
+
+    /// The terminal uplinks: scan results, print status, command acks and
+    /// telemetry, under `<prefix>/<device_id>/up/`.
+    pub fn defaults_for(prefix: &str) -> Vec<UplinkRule> {
         [
             ("scan", "herald.uplink.scan"),
             ("print-status", "herald.uplink.print-status"),
@@ -64,7 +70,7 @@ impl UplinkRule {
         ]
         .into_iter()
         .map(|(kind, topic)| UplinkRule {
-            mqtt_topic: format!("devices/{{device_id}}/up/{kind}"),
+            mqtt_topic: format!("{prefix}/{{device_id}}/up/{kind}"),
             kafka_topic: topic.into(),
         })
         .collect()

@@ -16,6 +16,14 @@ pub use health::KafkaHealth;
 pub use producer::{header, KafkaUplinkSink};
 pub use rules::TopicRules;
 
+/// Checks a Kafka configuration without connecting: rules compile and the
+/// pass-through producer options do not override what Herald guarantees.
+pub fn validate(config: &KafkaConfig) -> Result<(), BridgeError> {
+    TopicRules::compile(&config.uplink_rules)?;
+    producer::producer_config(config)?;
+    Ok(())
+}
+
 /// Errors at the bridge's boundary.
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {

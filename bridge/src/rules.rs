@@ -158,7 +158,10 @@ impl TopicRules {
                     Part::Capture(i) => captures[*i],
                 })
                 .collect();
-            return legal_kafka_topic(&topic).then_some(topic);
+            if legal_kafka_topic(&topic) {
+                return Some(topic);
+            }
+            // Captured levels made an illegal name: a later rule may still match.
         }
         None
     }

@@ -6,7 +6,6 @@
 //! under `<prefix>/<id>/down/`. In `open` mode everyone is let in everywhere.
 
 use crate::config::{AuthConfig, AuthMode, ConfigError};
-use base64::Engine as _;
 use herald_identity::{CredentialError, FleetKey};
 use std::collections::HashSet;
 use std::path::Path;
@@ -51,19 +50,7 @@ impl Authenticator {
     pub(crate) fn new(config: &AuthConfig) -> Result<Self, ConfigError> {
         let fleet_key = match config.mode {
             AuthMode::Open => None,
-            AuthMode::Device => {
-                let text = match (&config.fleet_key, &config.fleet_key_file) {
-                    (Some(key), _) => key.clone(),
-                    (None, Some(path)) => {
-                        std::fs::read_to_string(path).map_err(|e| ConfigError {
-                            key: "broker.auth.fleet_key_file",
-                            reason: format!("cannot read {}: {e}", path.display()),
-                        })?
-                    }
-                    (None, None) => String::new(),
-                };
-                Some(FleetKey::new(&decode_fleet_key(text.trim())?))
-            }
+            AuthMode::Device => Some(FleetKey::new(&config.fleet_key_bytes()?)),
         };
         let auth = Self {
             mode: config.mode,
@@ -169,27 +156,6 @@ pub(crate) fn read_revocation_file(path: &Path) -> std::io::Result<Vec<String>> 
         .filter(|line| !line.is_empty())
         .map(str::to_owned)
         .collect())
-}
-
-fn decode_fleet_key(text: &str) -> Result<Vec<u8>, ConfigError> {
-    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-    let bytes = STANDARD
-        .decode(text)
-        .or_else(|_| URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')))
-        .map_err(|e| ConfigError {
-            key: "broker.auth.fleet_key",
-            reason: format!("not valid base64: {e}"),
-        })?;
-    if bytes.len() < 16 {
-        return Err(ConfigError {
-            key: "broker.auth.fleet_key",
-            reason: format!(
-                "{} bytes is too short; use at least 32 random bytes",
-                bytes.len()
-            ),
-        });
-    }
-    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ pub struct BrokerConfig {
     pub connect_timeout: Duration,
     /// Largest MQTT packet accepted from a client, in bytes. Default 1 MiB.
     pub max_packet_size: u32,
-    /// QoS 1/2 uplinks of one connection waiting for Kafka at once; the
+    /// Uplinks (any QoS) of one connection waiting for Kafka at once; the
     /// broker stops reading from that device past it. Advertised to MQTT 5
     /// clients as Receive Maximum. Default 32.
     pub max_inflight_uplinks: u16,
@@ -198,19 +198,46 @@ impl BrokerConfig {
             ));
         }
         if self.auth.mode == AuthMode::Device {
-            match (&self.auth.fleet_key, &self.auth.fleet_key_file) {
-                (None, None) => {
-                    return Err(invalid(
-                        "broker.auth.fleet_key",
-                        "device auth needs a fleet key (fleet_key, fleet_key_file or HERALD_BROKER__AUTH__FLEET_KEY); set broker.auth.mode = \"open\" to run without auth",
-                    ))
-                }
-                (Some(_), Some(_)) => {
-                    return Err(invalid("broker.auth.fleet_key", "set either fleet_key or fleet_key_file, not both"))
-                }
-                _ => {}
-            }
+            self.auth.fleet_key_bytes()?;
         }
         Ok(())
+    }
+}
+
+impl AuthConfig {
+    /// Reads and decodes the fleet key (from `fleet_key` or `fleet_key_file`).
+    pub fn fleet_key_bytes(&self) -> Result<Vec<u8>, ConfigError> {
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        use base64::Engine as _;
+        let text = match (&self.fleet_key, &self.fleet_key_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid("broker.auth.fleet_key", "set either fleet_key or fleet_key_file, not both"))
+            }
+            (Some(key), None) => key.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
+                invalid("broker.auth.fleet_key_file", format!("cannot read {}: {e}", path.display()))
+            })?,
+            (None, None) => {
+                return Err(invalid(
+                    "broker.auth.fleet_key",
+                    "device auth needs a fleet key (fleet_key, fleet_key_file or HERALD_BROKER__AUTH__FLEET_KEY); set broker.auth.mode = \"open\" to run without auth",
+                ))
+            }
+        };
+        let text = text.trim();
+        let bytes = STANDARD
+            .decode(text)
+            .or_else(|_| URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')))
+            .map_err(|e| invalid("broker.auth.fleet_key", format!("not valid base64: {e}")))?;
+        if bytes.len() < 16 {
+            return Err(invalid(
+                "broker.auth.fleet_key",
+                format!(
+                    "{} bytes is too short; use at least 32 random bytes (herald fleet-key)",
+                    bytes.len()
+                ),
+            ));
+        }
+        Ok(bytes)
     }
 }

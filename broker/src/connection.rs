@@ -86,23 +86,45 @@ struct Will {
     delay: Duration,
 }
 
-/// An uplink waiting for the sink, holding its share of the in-flight budget.
+/// How an inbound PUBLISH ends up, decided when its acknowledgement is due.
+enum Settled {
+    /// Delivered (to the sink, or locally when no sink rule takes it).
+    Accepted,
+    /// The sink could not deliver it.
+    Failed(UplinkError),
+    Refused(Refusal),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    /// Outside the client's namespace.
+    NotAuthorized,
+    /// In device mode, no uplink rule takes the topic.
+    NoRoute,
+}
+
+/// A PUBLISH whose acknowledgement waits: for the sink, or for earlier
+/// PUBLISHes. Holds its share of the in-flight budget.
 struct PendingAck {
     pkid: u16,
     qos: QoS,
     wait: Option<UplinkAck>,
+    settled: Option<Settled>,
     _slot: Option<InflightSlot>,
 }
 
 impl Future for PendingAck {
-    type Output = (u16, QoS, Result<(), UplinkError>);
+    type Output = (u16, QoS, Settled);
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let result = match self.wait.as_mut() {
-            Some(wait) => std::task::ready!(wait.as_mut().poll(cx)),
-            None => Ok(()),
+        let settled = match self.wait.as_mut() {
+            Some(wait) => match std::task::ready!(wait.as_mut().poll(cx)) {
+                Ok(()) => Settled::Accepted,
+                Err(error) => Settled::Failed(error),
+            },
+            None => self.settled.take().unwrap_or(Settled::Accepted),
         };
         self.wait = None;
-        Poll::Ready((self.pkid, self.qos, result))
+        Poll::Ready((self.pkid, self.qos, settled))
     }
 }
 
@@ -122,7 +144,7 @@ enum Event {
     Shutdown,
     Wake,
     Io(std::io::Result<IoEvent>),
-    UplinkDone((u16, QoS, Result<(), UplinkError>)),
+    UplinkDone((u16, QoS, Settled)),
     Permit(OwnedSemaphorePermit),
     KeepaliveCheck,
 }
@@ -326,12 +348,16 @@ impl Connection {
                 .with_label_values(&[failure.as_label()])
                 .inc();
             info!(client_id = %client_id, reason = failure.as_label(), "authentication failed");
-            let code = if failure == crate::auth::AuthFailure::Revoked {
-                ConnectReturnCode::Banned
-            } else {
-                ConnectReturnCode::NotAuthorized
+            use crate::auth::AuthFailure;
+            let (code, result) = match failure {
+                AuthFailure::Revoked => (ConnectReturnCode::Banned, "not_authorized"),
+                AuthFailure::Credential(herald_identity::CredentialError::InvalidDeviceId) => (
+                    ConnectReturnCode::ClientIdentifierNotValid,
+                    "client_id_invalid",
+                ),
+                _ => (ConnectReturnCode::NotAuthorized, "not_authorized"),
             };
-            refuse(io, code, "not_authorized");
+            refuse(io, code, result);
             return None;
         }
         let will = match will {
@@ -528,8 +554,8 @@ impl Connection {
                     debug!(client_id = self.client_id(), %error, "connection error");
                     Err(CloseReason::IoError)
                 }
-                Event::UplinkDone(done) => self
-                    .on_uplink_done(&mut io.wbuf, done)
+                Event::UplinkDone((pkid, qos, settled)) => self
+                    .acknowledge(&mut io.wbuf, pkid, qos, settled)
                     .and_then(|()| self.process_input(io)),
                 Event::Permit(permit) => {
                     self.reserved = Some(permit);
@@ -537,7 +563,12 @@ impl Connection {
                     self.process_input(io)
                 }
                 Event::KeepaliveCheck => {
-                    if self.last_activity.elapsed() >= self.keepalive {
+                    if !can_read {
+                        // Herald stopped reading (backpressure): the client's
+                        // PINGREQs may be waiting unread in the socket.
+                        self.last_activity = Instant::now();
+                        Ok(())
+                    } else if self.last_activity.elapsed() >= self.keepalive {
                         Err(CloseReason::KeepaliveTimeout)
                     } else {
                         Ok(())
@@ -738,6 +769,7 @@ impl Connection {
             );
             return Err(CloseReason::ProtocolError);
         };
+        let (pkid, qos) = (publish.pkid, publish.qos);
         if !self.shared.auth.may_publish(self.client_id(), &topic) {
             metrics.acl_denied.with_label_values(&["publish"]).inc();
             info!(
@@ -745,35 +777,26 @@ impl Connection {
                 topic = &*topic,
                 "publish outside the device's namespace refused"
             );
-            // MQTT 3.1.1 has no negative acknowledgement: closing the
-            // connection is the only refusal it knows (§3.3.5).
-            if self.version == ProtocolVersion::V311 {
-                return Err(CloseReason::NotAuthorized);
-            }
-            match publish.qos {
-                QoS::AtMostOnce => {}
-                QoS::AtLeastOnce => {
-                    let mut ack = PubAck::new(publish.pkid, None);
-                    ack.reason = PubAckReason::NotAuthorized;
-                    self.send(out, &Packet::PubAck(ack));
-                }
-                QoS::ExactlyOnce => {
-                    let mut rec = PubRec::new(publish.pkid, None);
-                    rec.reason = PubRecReason::NotAuthorized;
-                    self.send(out, &Packet::PubRec(rec));
-                }
-            }
-            return Ok(());
+            return self.settle(out, pkid, qos, Settled::Refused(Refusal::NotAuthorized));
         }
-        if publish.qos == QoS::ExactlyOnce {
-            let mut state = self.session.lock();
-            if state.incoming_qos2.contains(&publish.pkid) {
-                // A retransmission: it was taken already, only acknowledge.
-                drop(state);
-                self.send(out, &Packet::PubRec(PubRec::new(publish.pkid, None)));
-                return Ok(());
-            }
-            state.incoming_qos2.push(publish.pkid);
+        if qos == QoS::ExactlyOnce && self.session.lock().incoming_qos2.contains(&pkid) {
+            // A retransmission of a message the sink already confirmed.
+            return self.settle(out, pkid, qos, Settled::Accepted);
+        }
+        let wanted = self.shared.sink.wants(&topic);
+        if !wanted && !self.shared.auth.is_open() {
+            // In device mode uplinks exist to reach Kafka: acknowledging one
+            // that no rule takes would be a false success.
+            metrics
+                .messages_dropped
+                .with_label_values(&["no_uplink_rule"])
+                .inc();
+            info!(
+                client_id = self.client_id(),
+                topic = &*topic,
+                "no uplink rule for this topic; refused"
+            );
+            return self.settle(out, pkid, qos, Settled::Refused(Refusal::NoRoute));
         }
         let message = Message {
             topic: publish.topic,
@@ -782,48 +805,61 @@ impl Connection {
             properties: publish.properties.map(Arc::new),
         };
         self.shared
-            .route(Some(&self.session), &topic, &message, publish.qos);
-
-        let ack = if self.shared.sink.wants(&topic) {
-            let slot = self.take_inflight_slot();
-            let user_properties = message
-                .properties
-                .as_ref()
-                .map(|p| p.user_properties.clone())
-                .unwrap_or_default();
-            let uplink = Uplink {
-                client_id: self.session.client_id.clone(),
-                topic,
-                payload: message.payload,
-                qos: publish.qos as u8,
-                retain: message.retain,
-                received_at: SystemTime::now(),
-                user_properties,
-            };
-            self.shared.sink.submit(uplink).map(|wait| (wait, slot))
-        } else {
-            None
-        };
-        match ack {
-            Some((wait, slot)) => self.pending.push_back(PendingAck {
-                pkid: publish.pkid,
-                qos: publish.qos,
-                wait: Some(wait),
-                _slot: slot,
-            }),
-            None if publish.qos == QoS::AtMostOnce => {}
-            // Acknowledgements keep the order of the PUBLISHes (MQTT §4.6).
-            None if self.pending.is_empty() => {
-                self.acknowledge(out, publish.pkid, publish.qos, Ok(()))?
-            }
-            None => self.pending.push_back(PendingAck {
-                pkid: publish.pkid,
-                qos: publish.qos,
-                wait: None,
-                _slot: None,
-            }),
+            .route(Some(&self.session), &topic, &message, qos);
+        if !wanted {
+            return self.settle(out, pkid, qos, Settled::Accepted);
         }
-        Ok(())
+        let slot = self.take_inflight_slot();
+        let user_properties = message
+            .properties
+            .as_ref()
+            .map(|p| p.user_properties.clone())
+            .unwrap_or_default();
+        let uplink = Uplink {
+            client_id: self.session.client_id.clone(),
+            topic,
+            payload: message.payload,
+            qos: qos as u8,
+            retain: message.retain,
+            received_at: SystemTime::now(),
+            user_properties,
+        };
+        match self.shared.sink.submit(uplink) {
+            Some(wait) => {
+                self.pending.push_back(PendingAck {
+                    pkid,
+                    qos,
+                    wait: Some(wait),
+                    settled: None,
+                    _slot: slot,
+                });
+                Ok(())
+            }
+            None => self.settle(out, pkid, qos, Settled::Accepted),
+        }
+    }
+
+    /// Acknowledges now, or after the uplinks still waiting for the sink:
+    /// acknowledgements keep the order of the PUBLISHes (MQTT §4.6).
+    fn settle(
+        &mut self,
+        out: &mut BytesMut,
+        pkid: u16,
+        qos: QoS,
+        settled: Settled,
+    ) -> Result<(), CloseReason> {
+        if self.pending.is_empty() {
+            self.acknowledge(out, pkid, qos, settled)
+        } else {
+            self.pending.push_back(PendingAck {
+                pkid,
+                qos,
+                wait: None,
+                settled: Some(settled),
+                _slot: None,
+            });
+            Ok(())
+        }
     }
 
     /// Takes the global in-flight permit reserved for the PUBLISH being handled.
@@ -838,52 +874,62 @@ impl Connection {
         })
     }
 
-    fn on_uplink_done(
-        &mut self,
-        out: &mut BytesMut,
-        (pkid, qos, result): (u16, QoS, Result<(), UplinkError>),
-    ) -> Result<(), CloseReason> {
-        self.acknowledge(out, pkid, qos, result)
-    }
-
-    /// Sends the PUBACK/PUBREC for an uplink the sink has settled.
+    /// Sends the PUBACK/PUBREC for a settled PUBLISH. Never a success for
+    /// an uplink the sink did not confirm.
     fn acknowledge(
         &mut self,
         out: &mut BytesMut,
         pkid: u16,
         qos: QoS,
-        result: Result<(), UplinkError>,
+        settled: Settled,
     ) -> Result<(), CloseReason> {
-        if let Err(error) = &result {
-            self.shared.metrics.uplink_failures.inc();
-            warn!(client_id = self.client_id(), %error, pkid, "uplink not delivered; not acknowledging success");
-            if qos == QoS::ExactlyOnce {
-                self.session.lock().incoming_qos2.retain(|&p| p != pkid);
+        let (ack_reason, rec_reason) = match settled {
+            Settled::Accepted => {
+                if qos == QoS::ExactlyOnce {
+                    self.session.lock().incoming_qos2.push(pkid);
+                }
+                (PubAckReason::Success, PubRecReason::Success)
             }
-            if qos == QoS::AtMostOnce {
-                return Ok(());
+            Settled::Failed(error) => {
+                self.shared.metrics.uplink_failures.inc();
+                warn!(client_id = self.client_id(), %error, pkid, "uplink not delivered; not acknowledging success");
+                // A 3.1.1 client gets no PUBACK; closing the connection makes it
+                // retransmit when it reconnects (MQTT 3.1.1 §4.4).
+                if self.version == ProtocolVersion::V311 && qos != QoS::AtMostOnce {
+                    return Err(CloseReason::UplinkFailed);
+                }
+                (
+                    PubAckReason::UnspecifiedError,
+                    PubRecReason::UnspecifiedError,
+                )
             }
-            // A 3.1.1 client gets no PUBACK; closing the connection makes it
-            // retransmit when it reconnects (MQTT 3.1.1 §4.4).
-            if self.version == ProtocolVersion::V311 {
-                return Err(CloseReason::UplinkFailed);
+            Settled::Refused(refusal) => {
+                // MQTT 3.1.1 has no negative acknowledgement: closing the
+                // connection is the only refusal it knows (§3.3.5).
+                if self.version == ProtocolVersion::V311 {
+                    return Err(CloseReason::NotAuthorized);
+                }
+                match refusal {
+                    Refusal::NotAuthorized => {
+                        (PubAckReason::NotAuthorized, PubRecReason::NotAuthorized)
+                    }
+                    Refusal::NoRoute => (
+                        PubAckReason::TopicNameInvalid,
+                        PubRecReason::TopicNameInvalid,
+                    ),
+                }
             }
-        }
-        let failed = result.is_err();
+        };
         match qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
                 let mut ack = PubAck::new(pkid, None);
-                if failed {
-                    ack.reason = PubAckReason::UnspecifiedError;
-                }
+                ack.reason = ack_reason;
                 self.send(out, &Packet::PubAck(ack));
             }
             QoS::ExactlyOnce => {
                 let mut rec = PubRec::new(pkid, None);
-                if failed {
-                    rec.reason = PubRecReason::UnspecifiedError;
-                }
+                rec.reason = rec_reason;
                 self.send(out, &Packet::PubRec(rec));
             }
         }

@@ -60,7 +60,7 @@ impl Metrics {
             )?,
             disconnects: counter_vec(
                 "herald_disconnects_total",
-                "Closed sessions by reason.",
+                "Closed connections by reason.",
                 &["reason"],
             )?,
             messages_received: counter_vec(

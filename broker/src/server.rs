@@ -77,6 +77,15 @@ impl Broker {
             revocations: AtomicU64::new(0),
             shutdown,
         });
+        if let Some(path) = &shared.config.auth.revocation_file {
+            // Loaded before the first accept, so no revoked device slips in.
+            match crate::auth::read_revocation_file(path) {
+                Ok(ids) => shared.auth.set_revocations(ids),
+                Err(error) => {
+                    warn!(path = %path.display(), %error, "cannot read the revocation file")
+                }
+            }
+        }
         let tracker = TaskTracker::new();
         info!(%local_addr, max_connections, "MQTT listener up");
         tracker.spawn(accept_loop(shared.clone(), listener, None, tracker.clone()));
@@ -345,24 +354,29 @@ async fn sweep_sessions(shared: Arc<Shared>) {
 }
 
 /// Re-reads the revocation file when it changes and disconnects devices
-/// that are now revoked.
+/// that are now revoked. A missing or unreadable file keeps the current list
+/// and is reported once per change.
 async fn watch_revocations(shared: Arc<Shared>, path: std::path::PathBuf) {
-    let mut last_modified = None;
+    let mut last_seen: Option<Result<std::time::SystemTime, String>> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {
             _ = shared.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
-        if modified == last_modified {
+        let current = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .map_err(|e| e.to_string());
+        if last_seen.as_ref() == Some(&current) {
             continue;
         }
-        match crate::auth::read_revocation_file(&path) {
+        last_seen = Some(current.clone());
+        let loaded = current
+            .and_then(|_| crate::auth::read_revocation_file(&path).map_err(|e| e.to_string()));
+        match loaded {
             Ok(ids) => {
                 info!(path = %path.display(), revoked = ids.len(), "revocation list loaded");
                 shared.auth.set_revocations(ids);
-                last_modified = modified;
                 shared.revocations.fetch_add(1, Ordering::Relaxed);
                 shared.registry.for_each_attached(|session, attachment| {
                     if shared.auth.is_revoked(&session.client_id) {
@@ -370,7 +384,9 @@ async fn watch_revocations(shared: Arc<Shared>, path: std::path::PathBuf) {
                     }
                 });
             }
-            Err(error) => warn!(path = %path.display(), %error, "cannot read the revocation file"),
+            Err(error) => {
+                warn!(path = %path.display(), %error, "cannot read the revocation file; keeping the current list")
+            }
         }
     }
 }

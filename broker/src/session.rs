@@ -299,7 +299,7 @@ impl Registry {
             .collect()
     }
 
-    /// Wakes every attached connection (used at shutdown and revocation).
+    /// Visits every attached connection (revocation wakes the revoked ones).
     pub fn for_each_attached(&self, mut f: impl FnMut(&Arc<Session>, &Attachment)) {
         for entry in self.sessions.iter() {
             let state = entry.value().lock();

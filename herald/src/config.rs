@@ -5,11 +5,14 @@
 use anyhow::Context as _;
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
-use herald_bridge::KafkaConfig;
+use herald_bridge::{KafkaConfig, UplinkRule};
 use herald_broker::BrokerConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::Path;
+
+/// Top-level sections, the only environment variables read as configuration.
+const SECTIONS: [&str; 4] = ["broker", "kafka", "http", "log"];
 
 /// The whole of herald.toml.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -80,11 +83,29 @@ impl HeraldConfig {
             figment = figment.merge(Toml::file_exact(path));
         }
         let config: HeraldConfig = figment
-            .merge(Env::prefixed("HERALD_").split("__"))
+            .merge(
+                // Only HERALD_<SECTION>__... variables are configuration; others
+                // (HERALD_CONFIG, HERALD_FLEET_KEY for the load tester, ...) are not.
+                Env::prefixed("HERALD_")
+                    .filter(|key| {
+                        let key = key.as_str().to_ascii_lowercase();
+                        SECTIONS
+                            .iter()
+                            .any(|section| key.starts_with(&format!("{section}__")))
+                    })
+                    .split("__"),
+            )
             .extract()
             .map_err(|e| anyhow::anyhow!(describe(e)))
             .context("invalid configuration")?;
+        let mut config = config;
+        // The default uplink rules follow a non-default device namespace.
+        let prefix = &config.broker.auth.topic_prefix;
+        if config.kafka.uplink_rules == UplinkRule::defaults() && prefix != "devices" {
+            config.kafka.uplink_rules = UplinkRule::defaults_for(prefix);
+        }
         config.broker.validate()?;
+        herald_bridge::validate(&config.kafka)?;
         Ok(config)
     }
 }
@@ -131,6 +152,41 @@ mod tests {
     }
 
     #[test]
+    fn unrelated_herald_variables_are_not_configuration() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "open.toml",
+                "[broker.auth]\nmode = \"open\"\n[broker]\nlisten = \"127.0.0.1:1\"\n",
+            )?;
+            jail.set_env("HERALD_CONFIG", "open.toml");
+            jail.set_env("HERALD_FLEET_KEY", "x");
+            jail.set_env("HERALD_DEVICE_ID", "d");
+            jail.set_env("HERALD_BROKER__MAX_QUEUED_MESSAGES", "7");
+            let config =
+                HeraldConfig::load(Some(Path::new("open.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.broker.max_queued_messages, 7);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn default_uplink_rules_follow_the_device_namespace() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "ns.toml",
+                "[broker.auth]\nmode = \"open\"\ntopic_prefix = \"terminals\"\n",
+            )?;
+            let config =
+                HeraldConfig::load(Some(Path::new("ns.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(
+                config.kafka.uplink_rules[0].mqtt_topic,
+                "terminals/{device_id}/up/scan"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("bad.toml", "[broker]\nmax_packet_size = \"big\"\n")?;
@@ -143,6 +199,17 @@ mod tests {
             jail.create_file("typo.toml", "[broker]\nlisten_addr = \"0.0.0.0:1\"\n")?;
             let err = HeraldConfig::load(Some(Path::new("typo.toml"))).unwrap_err();
             assert!(format!("{err:#}").contains("listen_addr"), "{err:#}");
+
+            jail.create_file("rules.toml", "[broker.auth]\nmode = \"open\"\n[kafka]\nuplink_rules = [{ mqtt_topic = \"a/{x}\", kafka_topic = \"bad topic\" }]\n")?;
+            let err = HeraldConfig::load(Some(Path::new("rules.toml"))).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("kafka.uplink_rules[0]"),
+                "{err:#}"
+            );
+
+            jail.create_file("short.toml", "[broker.auth]\nfleet_key = \"c2hvcnQ=\"\n")?;
+            let err = HeraldConfig::load(Some(Path::new("short.toml"))).unwrap_err();
+            assert!(format!("{err:#}").contains("too short"), "{err:#}");
 
             jail.create_file("ok.toml", "[broker.auth]\nmode = \"open\"\n")?;
             jail.set_env("HERALD_BROKER__MAX_PACKET_SIZE", "10");

@@ -65,8 +65,12 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::CheckConfig => {
-            let config = HeraldConfig::load(cli.config.as_deref())?;
+            let mut config = HeraldConfig::load(cli.config.as_deref())?;
+            if config.broker.auth.fleet_key.is_some() {
+                config.broker.auth.fleet_key = Some("<redacted>".into());
+            }
             println!("{config:#?}");
+            println!("configuration is valid");
             Ok(())
         }
         Command::Credentials { device_id, format } => {
@@ -157,23 +161,7 @@ fn print_credentials(
     herald_identity::validate_device_id(device_id)
         .map_err(|e| anyhow::anyhow!("{device_id:?}: {e}"))?;
     let auth = &config.broker.auth;
-    let key_text = match (&auth.fleet_key, &auth.fleet_key_file) {
-        (Some(key), _) => key.clone(),
-        (None, Some(path)) => {
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
-        }
-        (None, None) => {
-            anyhow::bail!("no fleet key configured (broker.auth.fleet_key or fleet_key_file)")
-        }
-    };
-    use base64::Engine as _;
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(key_text.trim())
-        .or_else(|_| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(key_text.trim().trim_end_matches('='))
-        })
-        .context("broker.auth.fleet_key is not base64")?;
+    let key = auth.fleet_key_bytes()?;
     let secret = herald_identity::FleetKey::new(&key).device_secret(device_id);
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let password = secret.password(device_id, now);

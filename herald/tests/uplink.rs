@@ -155,6 +155,27 @@ async fn publish_outside_namespace_is_refused_and_nothing_reaches_kafka() {
     .expect("a PUBACK");
     assert_eq!(reason, PubAckReason::NotAuthorized);
 
+    // Inside the namespace but no uplink rule: refused, not silently dropped.
+    client5
+        .publish(
+            format!("devices/{device}/up/unknown-kind"),
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            false,
+            &b"?"[..],
+        )
+        .await
+        .unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(rumqttc::v5::Event::Incoming(P5::PubAck(ack))) = eventloop5.poll().await {
+                return ack.reason;
+            }
+        }
+    })
+    .await
+    .expect("a PUBACK");
+    assert_eq!(reason, PubAckReason::TopicNameInvalid);
+
     // MQTT 3.1.1 has no negative PUBACK: the connection is closed instead.
     let device4 = "printer-0004";
     let (client4, mut eventloop4) =
