@@ -26,6 +26,70 @@ pub struct KafkaConfig {
     /// (e.g. `"compression.type" = "lz4"`, `"security.protocol" = "ssl"`).
     /// Properties Herald sets itself are refused here. Default: empty.
     pub producer_options: BTreeMap<String, String>,
+    /// Extra librdkafka consumer properties for the downlink consumer, passed
+    /// through (e.g. security settings). Default: empty.
+    pub consumer_options: BTreeMap<String, String>,
+    /// Commands from Kafka to devices.
+    pub downlink: DownlinkConfig,
+    /// Device presence events.
+    pub presence: PresenceConfig,
+}
+
+/// `[kafka.downlink]`: commands from Kafka to devices.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DownlinkConfig {
+    /// Consume commands (DownlinkCommand, keyed by device id) from `topic`. Default true.
+    pub enabled: bool,
+    /// Default `herald.downlink`.
+    pub topic: String,
+    /// Consumer group of the Herald instances. Default `herald-downlink`.
+    pub group_id: String,
+    /// Where delivery receipts (DeliveryReceipt, keyed by device id) go.
+    /// Default `herald.receipts`.
+    pub receipts_topic: String,
+    /// Commands handed to devices and not yet settled; consumption pauses
+    /// past it. Default 10000.
+    pub max_inflight: usize,
+    /// Expiry of commands that carry none (expires_at_ms = 0). Default 1h.
+    #[serde(with = "humantime_serde")]
+    pub default_ttl: Duration,
+}
+
+impl Default for DownlinkConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            topic: "herald.downlink".into(),
+            group_id: "herald-downlink".into(),
+            receipts_topic: "herald.receipts".into(),
+            max_inflight: 10_000,
+            default_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// `[kafka.presence]`: connects and disconnects of devices.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// Write PresenceEvents. Default true.
+    pub enabled: bool,
+    /// Compacted topic (created with cleanup.policy=compact if missing),
+    /// keyed by device id. Default `herald.presence`.
+    pub topic: String,
+    /// This instance's name in presence events. Default: the host name.
+    pub node: Option<String>,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            topic: "herald.presence".into(),
+            node: None,
+        }
+    }
 }
 
 impl Default for KafkaConfig {
@@ -37,6 +101,9 @@ impl Default for KafkaConfig {
             healthcheck_interval: Duration::from_secs(5),
             uplink_rules: UplinkRule::defaults(),
             producer_options: BTreeMap::new(),
+            consumer_options: BTreeMap::new(),
+            downlink: DownlinkConfig::default(),
+            presence: PresenceConfig::default(),
         }
     }
 }
@@ -91,5 +158,19 @@ pub(crate) const RESERVED_PRODUCER_OPTIONS: &[(&str, &str)] = &[
     (
         "request.required.acks",
         "nothing: Herald always uses acks=all",
+    ),
+];
+
+/// librdkafka consumer properties that Herald owns for the downlink consumer.
+pub(crate) const RESERVED_CONSUMER_OPTIONS: &[(&str, &str)] = &[
+    ("bootstrap.servers", "kafka.bootstrap_servers"),
+    ("group.id", "kafka.downlink.group_id"),
+    (
+        "enable.auto.offset.store",
+        "nothing: Herald stores an offset only once the command is settled",
+    ),
+    (
+        "enable.auto.commit",
+        "nothing: Herald commits stored offsets every second",
     ),
 ];

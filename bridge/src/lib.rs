@@ -4,15 +4,20 @@
 //! idempotent rdkafka producer (acks=all): each device uplink that matches a
 //! topic rule becomes a Kafka record keyed by device id, and the broker's
 //! PUBACK waits for Kafka's acknowledgement. [`KafkaHealth`] tells `/readyz`
-//! whether Kafka is reachable.
+//! whether Kafka is reachable. [`DownlinkBridge`] consumes device commands
+//! and writes a receipt for each; [`KafkaPresence`] writes presence events.
 
 mod config;
+mod downlink;
 mod health;
+mod presence;
 mod producer;
 mod rules;
 
-pub use config::{KafkaConfig, UplinkRule};
+pub use config::{DownlinkConfig, KafkaConfig, PresenceConfig, UplinkRule};
+pub use downlink::DownlinkBridge;
 pub use health::KafkaHealth;
+pub use presence::KafkaPresence;
 pub use producer::{header, KafkaUplinkSink};
 pub use rules::TopicRules;
 
@@ -21,6 +26,7 @@ pub use rules::TopicRules;
 pub fn validate(config: &KafkaConfig) -> Result<(), BridgeError> {
     TopicRules::compile(&config.uplink_rules)?;
     producer::producer_config(config)?;
+    downlink::validate(config)?;
     Ok(())
 }
 

@@ -126,6 +126,12 @@ impl Authenticator {
         self.is_open() || self.in_namespace(client_id, "down", filter)
     }
 
+    /// Is `topic` in `device_id`'s downlink namespace? Holds in open mode
+    /// too: downlinks always go to `<prefix>/<device_id>/down/...`.
+    pub(crate) fn is_downlink_topic(&self, device_id: &str, topic: &str) -> bool {
+        self.in_namespace(device_id, "down", topic)
+    }
+
     /// `<prefix>/<client_id>/<direction>` itself or anything below it. The
     /// prefix and id are literal, so a wildcard can only follow them.
     fn in_namespace(&self, client_id: &str, direction: &str, topic: &str) -> bool {

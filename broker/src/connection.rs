@@ -6,6 +6,8 @@
 //! what its session queue holds, and enforces keepalive and limits.
 
 use crate::codec::{self, *};
+use crate::downlink::{DeliveryOutcome, DownlinkRefusal};
+use crate::events::DisconnectReason;
 use crate::io::{Io, IoEvent, WRITE_HIGH_WATER};
 use crate::metrics::qos_label;
 use crate::server::HandshakeGuard;
@@ -423,7 +425,17 @@ impl Connection {
                     session,
                     present,
                     discarded,
-                } => (session, present, discarded),
+                    replaced,
+                } => {
+                    // Reported here, before `connected`, so that the last
+                    // presence event of a device is always the newest.
+                    if let Some(old) = replaced {
+                        shared
+                            .events
+                            .disconnected(&client_id, old, DisconnectReason::Takeover);
+                    }
+                    (session, present, discarded)
+                }
                 Attached::Superseded => {
                     metrics.connects.with_label_values(&["superseded"]).inc();
                     debug!(client_id = %client_id, "a newer connection already took this session");
@@ -442,6 +454,7 @@ impl Connection {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         metrics.connections.inc();
         metrics.connects.with_label_values(&["accepted"]).inc();
+        shared.events.connected(&client_id, generation);
 
         let mut keepalive = connect.keep_alive;
         let mut server_keepalive = None;
@@ -999,6 +1012,8 @@ impl Connection {
             self.session
                 .offer(queued, self.shared.config.max_queued_messages);
         }
+        // Downlinks that waited for this subscription.
+        self.shared.flush_mailbox(&self.session);
         self.drain_session(out);
     }
 
@@ -1033,10 +1048,19 @@ impl Connection {
             QoS::ExactlyOnce => OutboundStage::Released,
             _ => OutboundStage::Published,
         };
-        self.session
-            .lock()
+        let mut state = self.session.lock();
+        let Some(at) = state
             .inflight
-            .retain(|i| !(i.pkid == pkid && i.stage == stage && i.queued.qos == qos));
+            .iter()
+            .position(|i| i.pkid == pkid && i.stage == stage && i.queued.qos == qos)
+        else {
+            return;
+        };
+        if let Some(done) = state.inflight.remove(at) {
+            if let Some(tag) = done.queued.downlink {
+                tag.settle(DeliveryOutcome::Acknowledged);
+            }
+        }
     }
 
     fn publish_packet(queued: &Queued, pkid: u16, dup: bool) -> Packet {
@@ -1073,6 +1097,18 @@ impl Connection {
             let Some(queued) = state.queue.pop_front() else {
                 break;
             };
+            if let Some(tag) = queued
+                .downlink
+                .as_ref()
+                .filter(|tag| tag.is_stale(Instant::now()))
+            {
+                tag.settle(DeliveryOutcome::Expired);
+                metrics
+                    .messages_dropped
+                    .with_label_values(&["expired"])
+                    .inc();
+                continue;
+            }
             let pkid = if queued.qos == QoS::AtMostOnce {
                 0
             } else {
@@ -1084,6 +1120,9 @@ impl Connection {
                     .messages_dropped
                     .with_label_values(&["client_max_packet_size"])
                     .inc();
+                if let Some(tag) = &queued.downlink {
+                    tag.settle(DeliveryOutcome::Refused(DownlinkRefusal::PacketTooLarge));
+                }
                 continue;
             }
             self.send(out, &packet);
@@ -1091,7 +1130,12 @@ impl Connection {
                 .messages_sent
                 .with_label_values(&[qos_label(queued.qos)])
                 .inc();
-            if queued.qos != QoS::AtMostOnce {
+            if queued.qos == QoS::AtMostOnce {
+                // No acknowledgement will come: sent is as far as it goes.
+                if let Some(tag) = &queued.downlink {
+                    tag.settle(DeliveryOutcome::Acknowledged);
+                }
+            } else {
                 state.inflight.push_back(Inflight {
                     pkid,
                     stage: OutboundStage::Published,
@@ -1118,6 +1162,19 @@ impl Connection {
             reason = reason.as_label(),
             "client disconnected"
         );
+        let presence = match reason {
+            CloseReason::Normal | CloseReason::NormalWithWill => Some(DisconnectReason::Normal),
+            CloseReason::KeepaliveTimeout => Some(DisconnectReason::KeepaliveTimeout),
+            CloseReason::TakenOver => None, // reported by the connection that took over
+            CloseReason::Revoked => Some(DisconnectReason::AuthRevoked),
+            CloseReason::ServerShutdown => Some(DisconnectReason::ServerShutdown),
+            _ => Some(DisconnectReason::ConnectionLost),
+        };
+        if let Some(presence) = presence {
+            shared
+                .events
+                .disconnected(self.client_id(), self.generation, presence);
+        }
         if let Some(ended) = shared.registry.detach(&self.session, self.generation) {
             shared.router.remove_session(&ended);
             shared.metrics.sessions.dec();

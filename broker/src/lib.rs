@@ -7,9 +7,9 @@
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), herald_broker::BrokerError> {
-//! use herald_broker::{Broker, BrokerConfig, LocalOnly};
+//! use herald_broker::{Broker, BrokerConfig, BrokerHooks};
 //! let shutdown = tokio_util::sync::CancellationToken::new();
-//! let broker = Broker::start(BrokerConfig::default(), std::sync::Arc::new(LocalOnly),
+//! let broker = Broker::start(BrokerConfig::default(), BrokerHooks::default(),
 //!                            &prometheus::Registry::new(), shutdown.clone()).await?;
 //! broker.wait().await;
 //! # Ok(()) }
@@ -19,6 +19,8 @@ mod auth;
 pub mod codec;
 mod config;
 mod connection;
+mod downlink;
+mod events;
 mod io;
 mod metrics;
 mod router;
@@ -27,11 +29,14 @@ mod session;
 mod sink;
 
 pub use config::{AuthConfig, AuthMode, BrokerConfig, ConfigError, TlsConfig};
+pub use downlink::{DeliveryOutcome, DeliveryTicket, Downlink, DownlinkRefusal};
+pub use events::{DisconnectReason, NoSessionEvents, SessionEvents};
 pub use server::{Broker, BrokerError};
 pub use sink::{LocalOnly, Uplink, UplinkAck, UplinkError, UplinkSink};
 
 use auth::Authenticator;
 use codec::QoS;
+use downlink::{DownlinkTag, Mailbox};
 use metrics::Metrics;
 use router::Router;
 use session::{Message, Offer, Queued, Registry, Session};
@@ -47,6 +52,8 @@ pub(crate) struct Shared {
     registry: Registry,
     router: Router,
     sink: Arc<dyn UplinkSink>,
+    events: Arc<dyn SessionEvents>,
+    mailbox: Mailbox,
     metrics: Metrics,
     uplink_permits: Arc<Semaphore>,
     max_connections: usize,
@@ -57,7 +64,122 @@ pub(crate) struct Shared {
     shutdown: CancellationToken,
 }
 
+/// What the broker is plugged into: where uplinks go and who hears about
+/// sessions. The defaults make a plain MQTT broker.
+pub struct BrokerHooks {
+    pub uplinks: Arc<dyn UplinkSink>,
+    pub session_events: Arc<dyn SessionEvents>,
+}
+
+impl Default for BrokerHooks {
+    fn default() -> Self {
+        Self {
+            uplinks: Arc::new(LocalOnly),
+            session_events: Arc::new(NoSessionEvents),
+        }
+    }
+}
+
+/// A cheap handle for delivering downlinks into a running broker.
+#[derive(Clone)]
+pub struct BrokerHandle {
+    shared: Arc<Shared>,
+}
+
+impl BrokerHandle {
+    /// Hands a downlink to its device. The ticket settles when the device
+    /// acknowledged it, when it expired, or at once if it is refused.
+    pub fn deliver(&self, downlink: Downlink) -> DeliveryTicket {
+        let shared = &self.shared;
+        let device_id = downlink.device_id.clone();
+        let refused = |reason| DeliveryTicket::settled(DeliveryOutcome::Refused(reason));
+        let valid_id = if shared.auth.is_open() {
+            !device_id.is_empty() && !device_id.contains(['+', '#', '/'])
+        } else {
+            herald_identity::validate_device_id(&device_id).is_ok()
+        };
+        if !valid_id {
+            return refused(DownlinkRefusal::InvalidDeviceId);
+        }
+        if shared.auth.is_revoked(&device_id) {
+            return refused(DownlinkRefusal::Revoked);
+        }
+        if !connection::valid_topic_name(&downlink.topic)
+            || !shared.auth.is_downlink_topic(&device_id, &downlink.topic)
+        {
+            return refused(DownlinkRefusal::TopicOutsideNamespace);
+        }
+        let (tag, ticket) = DownlinkTag::new(downlink.expires_at);
+        let (topic, queued) = downlink::queued(downlink, tag);
+        // Through the mailbox, so downlinks keep their order whether or not
+        // the device has subscribed yet.
+        shared.mailbox.push(
+            &device_id,
+            &topic,
+            queued,
+            shared.config.max_queued_messages,
+        );
+        if let Some(session) = shared.registry.session(&device_id) {
+            shared.flush_mailbox(&session);
+        }
+        ticket
+    }
+}
+
+trait MinQos {
+    fn min_qos(self, other: Self) -> Self;
+}
+
+impl MinQos for QoS {
+    fn min_qos(self, other: Self) -> Self {
+        if (other as u8) < (self as u8) {
+            other
+        } else {
+            self
+        }
+    }
+}
+
 impl Shared {
+    /// Moves the downlinks waiting for `session`'s client into its queue,
+    /// in arrival order, as far as its subscriptions now match them.
+    fn flush_mailbox(&self, session: &Arc<Session>) {
+        let filters: Vec<(Box<str>, QoS)> = session
+            .lock()
+            .subscriptions
+            .iter()
+            .map(|(f, o)| (f.clone(), o.qos))
+            .collect();
+        if filters.is_empty() {
+            return;
+        }
+        let granted = |topic: &str| {
+            filters
+                .iter()
+                .filter(|(filter, _)| router::filter_matches(filter, topic))
+                .map(|(_, qos)| *qos)
+                .max_by_key(|qos| *qos as u8)
+        };
+        for queued in self
+            .mailbox
+            .take_matching(&session.client_id, |topic| granted(topic).is_some())
+        {
+            let topic = String::from_utf8_lossy(&queued.message.topic).into_owned();
+            let qos = granted(&topic)
+                .unwrap_or(QoS::AtLeastOnce)
+                .min_qos(QoS::AtLeastOnce);
+            if let Offer::DroppedOldest = session.offer(
+                session::Queued { qos, ..queued },
+                self.config.max_queued_messages,
+            ) {
+                self.metrics
+                    .messages_dropped
+                    .with_label_values(&["queue_full"])
+                    .inc();
+            }
+        }
+    }
+
     fn revocation_epoch(&self) -> u64 {
         self.revocations.load(Ordering::Relaxed)
     }
@@ -75,14 +197,11 @@ impl Shared {
             }
             let queued = Queued {
                 message: message.clone(),
-                qos: if (options.qos as u8) < (qos as u8) {
-                    options.qos
-                } else {
-                    qos
-                },
+                qos: options.qos.min_qos(qos),
                 // MQTT 3.1.1 §3.3.1.3: forwarded messages lose the retain flag
                 // unless the subscriber asked for it (MQTT 5 Retain As Published).
                 retain: options.retain_as_published && message.retain,
+                downlink: None,
             };
             match session.offer(queued, self.config.max_queued_messages) {
                 Offer::Queued => {}

@@ -173,6 +173,7 @@ impl Router {
             message: message.clone(),
             qos,
             retain: true,
+            downlink: None,
         };
         if !is_wildcard(filter) {
             return self

@@ -3,7 +3,7 @@
 
 use crate::config::{BrokerConfig, ConfigError, TlsConfig};
 use crate::connection;
-use crate::{Authenticator, Metrics, Registry, Router, Shared, UplinkSink};
+use crate::{Authenticator, BrokerHandle, BrokerHooks, Metrics, Registry, Router, Shared};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -42,7 +42,7 @@ impl Broker {
     /// starts accepting. Runs until `shutdown` is cancelled.
     pub async fn start(
         config: BrokerConfig,
-        sink: Arc<dyn UplinkSink>,
+        hooks: BrokerHooks,
         registry: &prometheus::Registry,
         shutdown: CancellationToken,
     ) -> Result<Broker, BrokerError> {
@@ -70,7 +70,9 @@ impl Broker {
             auth,
             registry: Registry::default(),
             router: Router::default(),
-            sink,
+            sink: hooks.uplinks,
+            events: hooks.session_events,
+            mailbox: Default::default(),
             metrics,
             max_connections,
             connected: AtomicUsize::new(0),
@@ -108,6 +110,13 @@ impl Broker {
             local_addr,
             tls_local_addr,
         })
+    }
+
+    /// A handle for delivering downlinks.
+    pub fn handle(&self) -> BrokerHandle {
+        BrokerHandle {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Address of the plain MQTT listener (useful when configured with port 0).
@@ -345,6 +354,7 @@ async fn sweep_sessions(shared: Arc<Shared>) {
             _ = shared.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        shared.mailbox.sweep(Instant::now());
         let expired = shared.registry.sweep_expired(Instant::now());
         for session in &expired {
             shared.router.remove_session(session);

@@ -8,6 +8,7 @@
 //! late can never take a session away from a newer connection.
 
 use crate::codec::{PublishProperties, QoS};
+use crate::downlink::{DeliveryOutcome, DownlinkRefusal, DownlinkTag};
 use bytes::Bytes;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
@@ -32,6 +33,8 @@ pub(crate) struct Queued {
     pub message: Message,
     pub qos: QoS,
     pub retain: bool,
+    /// Set for downlinks: settled when the client acknowledges.
+    pub downlink: Option<Arc<DownlinkTag>>,
 }
 
 /// Where an outbound QoS 1/2 message stands.
@@ -133,7 +136,9 @@ impl Session {
         }
         let mut outcome = Offer::Queued;
         if state.queue.len() >= max_queued {
-            state.queue.pop_front();
+            if let Some(tag) = state.queue.pop_front().and_then(|dropped| dropped.downlink) {
+                tag.settle(DeliveryOutcome::Refused(DownlinkRefusal::QueueFull));
+            }
             outcome = Offer::DroppedOldest;
         }
         state.queue.push_back(queued);
@@ -153,6 +158,8 @@ pub(crate) enum Attached {
         /// A session thrown away by a clean start, whose subscriptions the
         /// caller must remove from the router.
         discarded: Option<Arc<Session>>,
+        /// Generation of the connection this one took over, if any.
+        replaced: Option<u64>,
     },
     /// A newer connection for this client id got there first.
     Superseded,
@@ -174,6 +181,12 @@ impl Registry {
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.sessions.len()
+    }
+
+    pub fn session(&self, client_id: &str) -> Option<Arc<Session>> {
+        self.sessions
+            .get(client_id)
+            .map(|entry| entry.value().clone())
     }
 
     /// Attaches connection `generation` to the session of `client_id`,
@@ -207,6 +220,7 @@ impl Registry {
                     session,
                     present: false,
                     discarded: None,
+                    replaced: None,
                 }
             }
             Entry::Occupied(mut entry) => {
@@ -215,9 +229,10 @@ impl Registry {
                 if state.last_generation > generation {
                     return Attached::Superseded;
                 }
-                if let Some(old) = state.attachment.take() {
+                let replaced = state.attachment.take().map(|old| {
                     old.wake.notify_one();
-                }
+                    old.generation
+                });
                 if clean_start {
                     state.discarded = true;
                     drop(state);
@@ -227,6 +242,7 @@ impl Registry {
                         session,
                         present: false,
                         discarded: Some(existing),
+                        replaced,
                     };
                 }
                 state.attachment = Some(Attachment { generation, wake });
@@ -238,6 +254,7 @@ impl Registry {
                     session: existing,
                     present: true,
                     discarded: None,
+                    replaced,
                 }
             }
         }
@@ -359,11 +376,13 @@ mod tests {
             session: second,
             discarded,
             present,
+            replaced,
         } = attach(&reg, "d", 2, true)
         else {
             panic!()
         };
         assert!(!present);
+        assert_eq!(replaced, Some(1));
         assert!(Arc::ptr_eq(&discarded.unwrap(), &first));
         assert!(first.lock().discarded);
         second.lock().expiry = Duration::ZERO;
@@ -399,6 +418,7 @@ mod tests {
             },
             qos,
             retain: false,
+            downlink: None,
         };
         assert!(matches!(
             session.offer(msg(QoS::AtMostOnce), 2),

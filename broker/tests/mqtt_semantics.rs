@@ -4,9 +4,8 @@
 
 use bytes::{Bytes, BytesMut};
 use herald_broker::codec::{self, *};
-use herald_broker::{AuthMode, Broker, BrokerConfig, LocalOnly};
+use herald_broker::{AuthMode, Broker, BrokerConfig, BrokerHooks};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -34,7 +33,7 @@ async fn start(tweak: impl FnOnce(&mut BrokerConfig)) -> TestBroker {
     let shutdown = CancellationToken::new();
     let broker = Broker::start(
         config,
-        Arc::new(LocalOnly),
+        BrokerHooks::default(),
         &prometheus::Registry::new(),
         shutdown.clone(),
     )

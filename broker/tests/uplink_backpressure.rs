@@ -4,7 +4,9 @@
 
 use bytes::{Bytes, BytesMut};
 use herald_broker::codec::*;
-use herald_broker::{AuthMode, Broker, BrokerConfig, Uplink, UplinkAck, UplinkError, UplinkSink};
+use herald_broker::{
+    AuthMode, Broker, BrokerConfig, BrokerHooks, Uplink, UplinkAck, UplinkError, UplinkSink,
+};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -93,7 +95,10 @@ async fn pubacks_wait_for_the_sink_within_global_and_per_connection_bounds() {
     let shutdown = CancellationToken::new();
     let broker = Broker::start(
         config,
-        sink.clone(),
+        BrokerHooks {
+            uplinks: sink.clone(),
+            ..Default::default()
+        },
         &prometheus::Registry::new(),
         shutdown.clone(),
     )
@@ -142,7 +147,10 @@ async fn a_failed_delivery_is_never_acknowledged_as_success() {
     let shutdown = CancellationToken::new();
     let broker = Broker::start(
         config,
-        sink.clone(),
+        BrokerHooks {
+            uplinks: sink.clone(),
+            ..Default::default()
+        },
         &prometheus::Registry::new(),
         shutdown.clone(),
     )

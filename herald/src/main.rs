@@ -6,8 +6,8 @@ mod http;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use config::{HeraldConfig, LogFormat};
-use herald_bridge::{KafkaHealth, KafkaUplinkSink};
-use herald_broker::Broker;
+use herald_bridge::{DownlinkBridge, KafkaHealth, KafkaPresence, KafkaUplinkSink};
+use herald_broker::{Broker, BrokerHooks};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -117,17 +117,30 @@ async fn run(config: HeraldConfig) -> anyhow::Result<()> {
         &registry,
         shutdown.clone(),
     )?;
-    let broker = Broker::start(
-        config.broker.clone(),
-        sink.clone(),
+    let presence = Arc::new(KafkaPresence::new(
+        &config.kafka,
+        sink.producer().clone(),
         &registry,
-        shutdown.clone(),
-    )
-    .await?;
+    )?);
+    presence.ensure_topic(&config.kafka).await;
+    let hooks = BrokerHooks {
+        uplinks: sink.clone(),
+        session_events: presence,
+    };
+    let broker = Broker::start(config.broker.clone(), hooks, &registry, shutdown.clone()).await?;
+    let downlinks = DownlinkBridge::new(
+        &config.kafka,
+        &config.broker.auth.topic_prefix,
+        broker.handle(),
+        sink.producer().clone(),
+        &registry,
+    )?;
+    let downlink_task = tokio::spawn(downlinks.run(shutdown.clone()));
     let http = http::serve(config.http.listen, registry, kafka_health, shutdown.clone()).await?;
 
     tokio::spawn(wait_for_signal(shutdown.clone()));
     broker.wait().await;
+    let _ = downlink_task.await;
     tracing::info!("flushing the Kafka producer");
     let flusher = sink.clone();
     tokio::task::spawn_blocking(move || flusher.flush(Duration::from_secs(10))).await?;

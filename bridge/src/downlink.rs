@@ -1,0 +1,426 @@
+//! Downlink: commands from Kafka to devices, with receipts.
+//!
+//! Herald's instances consume the downlink topic (DownlinkCommand records
+//! keyed by device id) as one consumer group. Each command is handed to the
+//! broker in partition order and published with QoS 1 to
+//! `<prefix>/<device_id>/down/<kind>`. When it settles — the device PUBACK'd
+//! it, it expired, or it was refused — a DeliveryReceipt is written, and only
+//! once Kafka acknowledged the receipt does the command count as handled. A
+//! partition's offset is stored only up to its oldest command not yet
+//! handled, so a crash redelivers (at least once) everything unsettled.
+
+use crate::config::{KafkaConfig, RESERVED_CONSUMER_OPTIONS};
+use crate::presence::now_ms;
+use crate::BridgeError;
+use herald_broker::{BrokerHandle, DeliveryOutcome, DeliveryTicket, Downlink};
+use herald_schemas::v1::{
+    CommandKind, DeliveryOutcome as ReceiptOutcome, DeliveryReceipt, DownlinkCommand,
+};
+use herald_schemas::Message as _;
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Offsets of one consumer's partitions: which are in flight, and how far
+/// every earlier one is handled.
+#[derive(Default)]
+pub(crate) struct OffsetTracker {
+    partitions: HashMap<(String, i32), PartitionOffsets>,
+}
+
+#[derive(Default)]
+struct PartitionOffsets {
+    in_flight: BTreeSet<i64>,
+    next_unseen: i64,
+    stored: i64,
+}
+
+impl OffsetTracker {
+    pub(crate) fn begin(&mut self, topic: &str, partition: i32, offset: i64) {
+        let p = self
+            .partitions
+            .entry((topic.to_string(), partition))
+            .or_insert_with(|| PartitionOffsets {
+                stored: offset,
+                ..Default::default()
+            });
+        p.in_flight.insert(offset);
+        p.next_unseen = p.next_unseen.max(offset + 1);
+    }
+
+    /// Marks `offset` handled; returns the offset to store (the next to
+    /// consume after a restart) when it advanced.
+    pub(crate) fn complete(&mut self, topic: &str, partition: i32, offset: i64) -> Option<i64> {
+        let p = self.partitions.get_mut(&(topic.to_string(), partition))?;
+        p.in_flight.remove(&offset);
+        let safe = p.in_flight.first().copied().unwrap_or(p.next_unseen);
+        (safe > p.stored).then(|| {
+            p.stored = safe;
+            safe
+        })
+    }
+}
+
+struct Metrics {
+    outcomes: IntCounterVec,
+    inflight: IntGauge,
+    latency: Histogram,
+}
+
+/// The downlink consumer of one Herald instance.
+pub struct DownlinkBridge {
+    consumer: Option<Arc<StreamConsumer>>,
+    producer: FutureProducer,
+    handle: BrokerHandle,
+    topic_prefix: String,
+    receipts_topic: String,
+    default_ttl: Duration,
+    max_inflight: usize,
+    metrics: Arc<Metrics>,
+}
+
+fn consumer_config(config: &KafkaConfig) -> Result<ClientConfig, BridgeError> {
+    for (key, instead) in RESERVED_CONSUMER_OPTIONS {
+        if config.consumer_options.contains_key(*key) {
+            return Err(BridgeError::Config {
+                key: format!("kafka.consumer_options.\"{key}\""),
+                reason: format!("Herald sets this itself; use {instead}"),
+            });
+        }
+    }
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.bootstrap_servers)
+        .set("group.id", &config.downlink.group_id)
+        .set("client.id", format!("{}-downlink", config.client_id))
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("topic.metadata.refresh.interval.ms", "5000");
+    for (key, value) in &config.consumer_options {
+        client.set(key, value);
+    }
+    Ok(client)
+}
+
+pub(crate) fn validate(config: &KafkaConfig) -> Result<(), BridgeError> {
+    consumer_config(config).map(drop)
+}
+
+impl DownlinkBridge {
+    pub fn new(
+        config: &KafkaConfig,
+        topic_prefix: &str,
+        handle: BrokerHandle,
+        producer: FutureProducer,
+        registry: &Registry,
+    ) -> Result<Self, BridgeError> {
+        let consumer = if config.downlink.enabled {
+            let consumer: StreamConsumer = consumer_config(config)?.create()?;
+            consumer.subscribe(&[&config.downlink.topic])?;
+            Some(Arc::new(consumer))
+        } else {
+            None
+        };
+        let metrics = Metrics {
+            outcomes: IntCounterVec::new(
+                Opts::new(
+                    "herald_downlinks_total",
+                    "Downlink commands settled, by outcome.",
+                ),
+                &["outcome"],
+            )?,
+            inflight: IntGauge::new(
+                "herald_downlinks_inflight",
+                "Downlink commands handed to devices and not settled.",
+            )?,
+            latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "herald_downlink_delivery_seconds",
+                    "From a command's creation to the device's PUBACK.",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0,
+                ]),
+            )?,
+        };
+        registry.register(Box::new(metrics.outcomes.clone()))?;
+        registry.register(Box::new(metrics.inflight.clone()))?;
+        registry.register(Box::new(metrics.latency.clone()))?;
+        Ok(Self {
+            consumer,
+            producer,
+            handle,
+            topic_prefix: topic_prefix.to_string(),
+            receipts_topic: config.downlink.receipts_topic.clone(),
+            default_ttl: config.downlink.default_ttl,
+            max_inflight: config.downlink.max_inflight.max(1),
+            metrics: Arc::new(metrics),
+        })
+    }
+
+    /// Consumes until `shutdown`, then commits what is handled.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Some(consumer) = self.consumer.clone() else {
+            return;
+        };
+        let this = Arc::new(self);
+        let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
+        let slots = Arc::new(Semaphore::new(this.max_inflight));
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
+            };
+            let message = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                message = consumer.recv() => message,
+            };
+            let message = match message {
+                Ok(message) => message.detach(),
+                Err(error) => {
+                    warn!(%error, "downlink consumer error");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            let (topic, partition, offset) = (
+                message.topic().to_string(),
+                message.partition(),
+                message.offset(),
+            );
+            tracker
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .begin(&topic, partition, offset);
+            // Handed to the broker here, in partition order; only the wait runs apart.
+            let pending = this.start(
+                message.key().unwrap_or_default(),
+                message.payload().unwrap_or_default(),
+            );
+            let (this, tracker, consumer, shutdown) = (
+                this.clone(),
+                tracker.clone(),
+                consumer.clone(),
+                shutdown.clone(),
+            );
+            this.metrics.inflight.inc();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let receipt = this.settle(pending).await;
+                let written = this.write_receipt(&receipt, &shutdown).await;
+                this.metrics.inflight.dec();
+                if !written {
+                    return; // shutting down: leave it for redelivery
+                }
+                let store = tracker
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .complete(&topic, partition, offset);
+                if let Some(next) = store {
+                    let mut list = TopicPartitionList::new();
+                    if list
+                        .add_partition_offset(&topic, partition, Offset::Offset(next))
+                        .is_ok()
+                    {
+                        if let Err(error) = consumer.store_offsets(&list) {
+                            debug!(%error, topic, partition, "offset not stored (partition revoked?)");
+                        }
+                    }
+                }
+            });
+        }
+        info!("downlink consumer stopping; committing handled offsets");
+        if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+            debug!(%error, "final downlink offset commit");
+        }
+    }
+
+    /// Decodes a command and hands it to the broker.
+    fn start(&self, key: &[u8], payload: &[u8]) -> Pending {
+        let now = now_ms();
+        let command = match DownlinkCommand::decode(payload) {
+            Ok(command) => command,
+            Err(error) => {
+                return Pending::Done(DeliveryReceipt {
+                    device_id: String::from_utf8_lossy(key).into_owned(),
+                    outcome: ReceiptOutcome::Refused as i32,
+                    reason: format!("undecodable command: {error}"),
+                    at_ms: now,
+                    ..Default::default()
+                })
+            }
+        };
+        let expires_at_ms = match command.expires_at_ms {
+            0 => (if command.created_at_ms > 0 {
+                command.created_at_ms
+            } else {
+                now
+            })
+            .saturating_add(self.default_ttl.as_millis() as i64),
+            at => at,
+        };
+        let receipt = |outcome: ReceiptOutcome, reason: &str| DeliveryReceipt {
+            command_id: command.command_id.clone(),
+            device_id: command.device_id.clone(),
+            outcome: outcome as i32,
+            reason: reason.into(),
+            latency_ms: if command.created_at_ms > 0 {
+                now - command.created_at_ms
+            } else {
+                0
+            },
+            at_ms: now,
+        };
+        if expires_at_ms <= now {
+            return Pending::Done(receipt(ReceiptOutcome::Expired, "expired before delivery"));
+        }
+        let kind = match command.kind() {
+            CommandKind::Announce => "announce",
+            CommandKind::PrintChunk => "print",
+            CommandKind::Display => "display",
+            CommandKind::Unspecified => "command",
+        };
+        let downlink = Downlink {
+            device_id: command.device_id.clone(),
+            topic: format!("{}/{}/down/{kind}", self.topic_prefix, command.device_id),
+            payload: payload.to_vec().into(),
+            expires_at: Some(UNIX_EPOCH + Duration::from_millis(expires_at_ms.max(0) as u64)),
+        };
+        let ticket = self.handle.deliver(downlink.clone());
+        Pending::Waiting {
+            command,
+            downlink,
+            ticket,
+            expires_at_ms,
+        }
+    }
+
+    /// Waits for the outcome; a downlink the broker let go of (its session
+    /// ended) is handed over again, until it expires.
+    async fn settle(&self, pending: Pending) -> DeliveryReceipt {
+        let (command, downlink, mut ticket, expires_at_ms) = match pending {
+            Pending::Done(receipt) => return receipt,
+            Pending::Waiting {
+                command,
+                downlink,
+                ticket,
+                expires_at_ms,
+            } => (command, downlink, ticket, expires_at_ms),
+        };
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis((expires_at_ms - now_ms()).max(0) as u64);
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut ticket => match outcome {
+                    Some(outcome) => break outcome,
+                    None => ticket = self.handle.deliver(downlink.clone()),
+                },
+                // Dropping the ticket tells the broker not to send it any more.
+                _ = tokio::time::sleep_until(deadline) => break DeliveryOutcome::Expired,
+            }
+        };
+        let now = now_ms();
+        let latency_ms = if command.created_at_ms > 0 {
+            now - command.created_at_ms
+        } else {
+            0
+        };
+        let (outcome, reason) = match outcome {
+            DeliveryOutcome::Acknowledged => {
+                self.metrics
+                    .latency
+                    .observe(latency_ms.max(0) as f64 / 1000.0);
+                (ReceiptOutcome::Delivered, String::new())
+            }
+            DeliveryOutcome::Expired => (
+                ReceiptOutcome::Expired,
+                "expired before the device acknowledged".into(),
+            ),
+            DeliveryOutcome::Refused(refusal) => (ReceiptOutcome::Refused, refusal.as_str().into()),
+        };
+        DeliveryReceipt {
+            command_id: command.command_id,
+            device_id: command.device_id,
+            outcome: outcome as i32,
+            reason,
+            latency_ms,
+            at_ms: now,
+        }
+    }
+
+    /// Writes a receipt, retrying until Kafka acknowledges it. Returns false
+    /// if shutdown came first.
+    async fn write_receipt(&self, receipt: &DeliveryReceipt, shutdown: &CancellationToken) -> bool {
+        let label = match receipt.outcome() {
+            ReceiptOutcome::Delivered => "delivered",
+            ReceiptOutcome::Expired => "expired",
+            ReceiptOutcome::Refused => "refused",
+            ReceiptOutcome::Unspecified => "unspecified",
+        };
+        self.metrics.outcomes.with_label_values(&[label]).inc();
+        let payload = receipt.encode_to_vec();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let record = FutureRecord::to(&self.receipts_topic)
+                .key(&receipt.device_id)
+                .payload(&payload);
+            let sent = match self.producer.send_result(record) {
+                Ok(delivery) => matches!(delivery.await, Ok(Ok(_))),
+                Err(_) => false,
+            };
+            if sent {
+                return true;
+            }
+            warn!(command_id = %receipt.command_id, "receipt not written; retrying");
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+enum Pending {
+    Done(DeliveryReceipt),
+    Waiting {
+        command: DownlinkCommand,
+        downlink: Downlink,
+        ticket: DeliveryTicket,
+        expires_at_ms: i64,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stores_only_up_to_the_oldest_unhandled_offset() {
+        let mut t = OffsetTracker::default();
+        for o in 10..14 {
+            t.begin("d", 0, o);
+        }
+        assert_eq!(t.complete("d", 0, 11), None, "10 still in flight");
+        assert_eq!(t.complete("d", 0, 12), None);
+        assert_eq!(
+            t.complete("d", 0, 10),
+            Some(13),
+            "10..=12 handled: resume at 13"
+        );
+        t.begin("d", 1, 5);
+        assert_eq!(t.complete("d", 1, 5), Some(6), "partitions are independent");
+        assert_eq!(t.complete("d", 0, 13), Some(14));
+        assert_eq!(t.complete("x", 0, 1), None, "unknown partition");
+    }
+}

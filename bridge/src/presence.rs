@@ -1,0 +1,157 @@
+//! Presence: every connect and disconnect as a PresenceEvent on a compacted
+//! topic keyed by device id, so the latest record per device says whether it
+//! is online.
+
+use crate::config::KafkaConfig;
+use crate::BridgeError;
+use herald_broker::{DisconnectReason, SessionEvents};
+use herald_schemas::v1::{PresenceEvent, PresenceReason};
+use herald_schemas::Message as _;
+use prometheus::{IntCounterVec, Opts, Registry};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Writes presence events with the uplink producer (idempotent, acks=all,
+/// ordered per device).
+pub struct KafkaPresence {
+    producer: FutureProducer,
+    topic: String,
+    node: String,
+    enabled: bool,
+    written: IntCounterVec,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "herald".into())
+}
+
+impl KafkaPresence {
+    pub fn new(
+        config: &KafkaConfig,
+        producer: FutureProducer,
+        registry: &Registry,
+    ) -> Result<Self, BridgeError> {
+        let written = IntCounterVec::new(
+            Opts::new(
+                "herald_presence_events_total",
+                "Presence events written to Kafka, by result.",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(written.clone()))?;
+        Ok(Self {
+            producer,
+            topic: config.presence.topic.clone(),
+            node: config.presence.node.clone().unwrap_or_else(host_name),
+            enabled: config.presence.enabled,
+            written,
+        })
+    }
+
+    /// Creates the presence topic as a compacted topic if it does not exist.
+    /// Failures are logged: an operator may have created it already, or
+    /// Kafka may not be up yet (then auto-creation makes a plain topic, which
+    /// the log line says).
+    pub async fn ensure_topic(&self, config: &KafkaConfig) {
+        if !self.enabled {
+            return;
+        }
+        let admin: Result<AdminClient<DefaultClientContext>, _> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &config.bootstrap_servers)
+            .create();
+        let admin = match admin {
+            Ok(admin) => admin,
+            Err(error) => {
+                tracing::warn!(%error, "cannot create a Kafka admin client to check the presence topic");
+                return;
+            }
+        };
+        let topic = NewTopic::new(&self.topic, -1, TopicReplication::Fixed(-1))
+            .set("cleanup.policy", "compact");
+        let options =
+            AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10)));
+        match admin.create_topics([&topic], &options).await {
+            Ok(results) => match results.into_iter().next() {
+                Some(Ok(_)) => {
+                    tracing::info!(topic = %self.topic, "created the compacted presence topic")
+                }
+                Some(Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists))) | None => {}
+                Some(Err((_, code))) => {
+                    tracing::warn!(topic = %self.topic, ?code, "cannot create the compacted presence topic")
+                }
+            },
+            Err(error) => {
+                tracing::warn!(topic = %self.topic, %error, "cannot create the compacted presence topic")
+            }
+        }
+    }
+
+    fn write(&self, device_id: &str, online: bool, reason: PresenceReason, generation: u64) {
+        if !self.enabled {
+            return;
+        }
+        let event = PresenceEvent {
+            device_id: device_id.into(),
+            online,
+            reason: reason as i32,
+            at_ms: now_ms(),
+            generation,
+            node: self.node.clone(),
+        };
+        let payload = event.encode_to_vec();
+        let record = FutureRecord::to(&self.topic)
+            .key(device_id)
+            .payload(&payload);
+        match self.producer.send_result(record) {
+            Ok(delivery) => {
+                let written = self.written.clone();
+                let device_id = device_id.to_string();
+                tokio::spawn(async move {
+                    let ok = matches!(delivery.await, Ok(Ok(_)));
+                    written
+                        .with_label_values(&[if ok { "ok" } else { "error" }])
+                        .inc();
+                    if !ok {
+                        tracing::warn!(device_id, "presence event not written");
+                    }
+                });
+            }
+            Err((error, _)) => {
+                self.written.with_label_values(&["error"]).inc();
+                tracing::warn!(%error, device_id, "presence event not queued");
+            }
+        }
+    }
+}
+
+impl SessionEvents for KafkaPresence {
+    fn connected(&self, client_id: &str, generation: u64) {
+        self.write(client_id, true, PresenceReason::Connected, generation);
+    }
+
+    fn disconnected(&self, client_id: &str, generation: u64, reason: DisconnectReason) {
+        let reason = match reason {
+            DisconnectReason::Normal => PresenceReason::Normal,
+            DisconnectReason::KeepaliveTimeout => PresenceReason::KeepaliveTimeout,
+            DisconnectReason::Takeover => PresenceReason::Takeover,
+            DisconnectReason::AuthRevoked => PresenceReason::AuthRevoked,
+            DisconnectReason::ServerShutdown => PresenceReason::ServerShutdown,
+            DisconnectReason::ConnectionLost => PresenceReason::ConnectionLost,
+        };
+        self.write(client_id, false, reason, generation);
+    }
+}
