@@ -1,0 +1,146 @@
+//! Configuration of the consumer services: one TOML file, overridden by
+//! `HERALD_CONSUMERS_<SECTION>__<KEY>` environment variables.
+
+use crate::templates::Templates;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The whole of consumers.toml.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsumersConfig {
+    pub kafka: KafkaSettings,
+    pub announcer: AnnouncerConfig,
+    pub print_dispatcher: PrintDispatcherConfig,
+    pub scan_processor: ScanProcessorConfig,
+    /// `/metrics` and `/healthz` of the running service. Default `0.0.0.0:9091`.
+    pub http_listen: Option<SocketAddr>,
+}
+
+/// `[kafka]`: shared by every service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// Default `127.0.0.1:9092`.
+    pub bootstrap_servers: String,
+    /// Where records a service cannot process go (DeadLetter). Default `herald.deadletter`.
+    pub dead_letter_topic: String,
+    /// Commands for devices (DownlinkCommand), consumed by Herald. Default `herald.downlink`.
+    pub downlink_topic: String,
+    /// Delivery receipts written by Herald. Default `herald.receipts`.
+    pub receipts_topic: String,
+    /// Records processed whose outputs Kafka has not acknowledged yet; the
+    /// service stops consuming past it. Default 1000.
+    pub max_inflight: usize,
+    /// Extra librdkafka consumer properties, passed through. Default: empty.
+    pub consumer_options: BTreeMap<String, String>,
+    /// Extra librdkafka producer properties, passed through. Default: empty.
+    pub producer_options: BTreeMap<String, String>,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            dead_letter_topic: "herald.deadletter".into(),
+            downlink_topic: "herald.downlink".into(),
+            receipts_topic: "herald.receipts".into(),
+            max_inflight: 1000,
+            consumer_options: BTreeMap::new(),
+            producer_options: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[announcer]`: payment events → announcements on speakers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AnnouncerConfig {
+    /// PaymentEvents, keyed by speaker device id. Default `herald.payments`.
+    pub input_topic: String,
+    /// Default `herald-announcer`.
+    pub group_id: String,
+    /// How long after its creation a payment is still announced, when the
+    /// event carries no expiry. Default 60s.
+    #[serde(with = "humantime_serde")]
+    pub default_ttl: Duration,
+    /// Announcement texts per locale and channel (see templates.rs).
+    pub templates: Templates,
+}
+
+impl Default for AnnouncerConfig {
+    fn default() -> Self {
+        Self {
+            input_topic: "herald.payments".into(),
+            group_id: "herald-announcer".into(),
+            default_ttl: Duration::from_secs(60),
+            templates: Templates::default(),
+        }
+    }
+}
+
+/// `[print_dispatcher]`: print jobs → chunked print commands; printer status → job status.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrintDispatcherConfig {
+    /// PrintJobs, keyed by printer device id. Default `herald.print.jobs`.
+    pub jobs_topic: String,
+    /// Printer status uplinks (Herald's uplink topic). Default `herald.uplink.print-status`.
+    pub status_uplink_topic: String,
+    /// JobStatus events for the backends. Default `herald.print.status`.
+    pub job_status_topic: String,
+    /// Default `herald-print-dispatcher`.
+    pub group_id: String,
+    /// Largest MQTT packet printers accept; chunks are cut to fit it. Default 32768.
+    pub device_max_packet_size: usize,
+    /// Expiry of jobs that carry none. Default 10m.
+    #[serde(with = "humantime_serde")]
+    pub default_ttl: Duration,
+}
+
+impl Default for PrintDispatcherConfig {
+    fn default() -> Self {
+        Self {
+            jobs_topic: "herald.print.jobs".into(),
+            status_uplink_topic: "herald.uplink.print-status".into(),
+            job_status_topic: "herald.print.status".into(),
+            group_id: "herald-print-dispatcher".into(),
+            device_max_packet_size: 32 * 1024,
+            default_ttl: Duration::from_secs(600),
+        }
+    }
+}
+
+/// `[scan_processor]`: scan uplinks → validated scans for the payment backend.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScanProcessorConfig {
+    /// Scan uplinks (Herald's uplink topic). Default `herald.uplink.scan`.
+    pub input_topic: String,
+    /// ValidatedScans. Default `herald.payment.scans`.
+    pub validated_topic: String,
+    /// Default `herald-scan-processor`.
+    pub group_id: String,
+    /// What a scan box shows when a code is not accepted. Default "Payment code not accepted".
+    pub rejection_text: String,
+    /// Locale of `rejection_text`. Default `en`.
+    pub rejection_locale: String,
+    /// How long the rejection display command stays deliverable. Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub display_ttl: Duration,
+}
+
+impl Default for ScanProcessorConfig {
+    fn default() -> Self {
+        Self {
+            input_topic: "herald.uplink.scan".into(),
+            validated_topic: "herald.payment.scans".into(),
+            group_id: "herald-scan-processor".into(),
+            rejection_text: "Payment code not accepted".into(),
+            rejection_locale: "en".into(),
+            display_ttl: Duration::from_secs(30),
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! The consume → process → produce loop every service shares.
+//!
+//! A record's outputs (and, for a record that cannot be processed, its
+//! dead-letter record) are produced with an idempotent producer; the record's
+//! offset is stored for commit only once Kafka acknowledged all of them, in
+//! consumption order. A failed produce is retried, never skipped, so a crash
+//! at any point reprocesses instead of losing: at least once.
+
+use crate::config::KafkaSettings;
+use futures::stream::{FuturesOrdered, StreamExt};
+use herald_schemas::v1::DeadLetter;
+use herald_schemas::Message as _;
+use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// A record to produce.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    pub topic: String,
+    pub key: String,
+    pub payload: Vec<u8>,
+}
+
+/// What a processor made of one input record.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Produce these (possibly none).
+    Emit(Vec<Output>),
+    /// Cannot be processed: dead-letter it with `error`, and produce `also`
+    /// (e.g. a message telling the device).
+    Reject { error: String, also: Vec<Output> },
+}
+
+/// One consumed record, as processors see it.
+pub struct Input<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: &'a [u8],
+    pub payload: &'a [u8],
+    message: &'a OwnedMessage,
+}
+
+impl Input<'_> {
+    /// A header's value as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let headers = self.message.headers()?;
+        headers
+            .iter()
+            .find(|h| h.key == name)
+            .and_then(|h| h.value)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    pub fn key_str(&self) -> String {
+        String::from_utf8_lossy(self.key).into_owned()
+    }
+}
+
+/// A stateless service.
+pub trait Processor: Send + Sync + 'static {
+    /// Service name, for dead letters, metrics and logs.
+    fn name(&self) -> &'static str;
+    fn process(&self, input: &Input<'_>) -> Verdict;
+}
+
+/// Errors starting a service.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("Kafka client: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Runs `processor` over `inputs` as consumer group `group_id` until `shutdown`.
+pub async fn run(
+    processor: Arc<dyn Processor>,
+    kafka: &KafkaSettings,
+    group_id: &str,
+    inputs: &[&str],
+    registry: &Registry,
+    shutdown: CancellationToken,
+) -> Result<(), PipelineError> {
+    let mut consumer_config = ClientConfig::new();
+    consumer_config
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("topic.metadata.refresh.interval.ms", "5000");
+    for (key, value) in &kafka.consumer_options {
+        consumer_config.set(key, value);
+    }
+    let consumer: StreamConsumer = consumer_config.create()?;
+    consumer.subscribe(inputs)?;
+    let mut producer_config = ClientConfig::new();
+    producer_config
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2");
+    for (key, value) in &kafka.producer_options {
+        producer_config.set(key, value);
+    }
+    let producer: FutureProducer = producer_config.create()?;
+
+    let records = IntCounterVec::new(
+        Opts::new(
+            "herald_consumer_records_total",
+            "Input records handled, by service and result.",
+        ),
+        &["service", "result"],
+    )?;
+    let inflight = IntGauge::new(
+        "herald_consumer_inflight",
+        "Records whose outputs await Kafka's acknowledgement.",
+    )?;
+    registry.register(Box::new(records.clone()))?;
+    registry.register(Box::new(inflight.clone()))?;
+
+    let service = processor.name();
+    info!(service, ?inputs, group_id, "consuming");
+    let mut pending: FuturesOrdered<Pin<Box<dyn Future<Output = (String, i32, i64)> + Send>>> =
+        FuturesOrdered::new();
+    let max_inflight = kafka.max_inflight.max(1);
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some((topic, partition, offset)) = pending.next(), if !pending.is_empty() => {
+                inflight.dec();
+                store_offset(&consumer, &topic, partition, offset);
+                continue;
+            }
+            message = consumer.recv(), if pending.len() < max_inflight => message,
+        };
+        let message = match next {
+            Ok(message) => message.detach(),
+            Err(error) => {
+                warn!(service, %error, "consumer error");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let input = Input {
+            topic: message.topic(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().unwrap_or_default(),
+            payload: message.payload().unwrap_or_default(),
+            message: &message,
+        };
+        let outputs = match processor.process(&input) {
+            Verdict::Emit(outputs) => {
+                records.with_label_values(&[service, "ok"]).inc();
+                outputs
+            }
+            Verdict::Reject { error, mut also } => {
+                records.with_label_values(&[service, "dead_letter"]).inc();
+                warn!(service, topic = input.topic, partition = input.partition, offset = input.offset, %error, "record sent to the dead-letter topic");
+                let letter = DeadLetter {
+                    service: service.into(),
+                    source_topic: input.topic.into(),
+                    source_partition: input.partition,
+                    source_offset: input.offset,
+                    key: input.key.to_vec(),
+                    payload: input.payload.to_vec(),
+                    error,
+                    at_ms: now_ms(),
+                };
+                also.push(Output {
+                    topic: kafka.dead_letter_topic.clone(),
+                    key: input.key_str(),
+                    payload: letter.encode_to_vec(),
+                });
+                also
+            }
+        };
+        let position = (input.topic.to_string(), input.partition, input.offset);
+        let (producer, shutdown) = (producer.clone(), shutdown.clone());
+        inflight.inc();
+        pending.push_back(Box::pin(async move {
+            produce_all(&producer, &outputs, &shutdown).await;
+            position
+        }));
+    }
+    // Offsets of records whose outputs are acknowledged are stored; commit them.
+    info!(service, "stopping; committing handled offsets");
+    if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+        warn!(service, %error, "final offset commit failed");
+    }
+    producer.flush(Duration::from_secs(5)).ok();
+    Ok(())
+}
+
+/// Produces every output, retrying failures, until all are acknowledged or
+/// shutdown (then the record stays uncommitted and is processed again).
+async fn produce_all(producer: &FutureProducer, outputs: &[Output], shutdown: &CancellationToken) {
+    let mut remaining: Vec<&Output> = outputs.iter().collect();
+    let mut backoff = Duration::from_millis(100);
+    while !remaining.is_empty() {
+        let deliveries: Vec<_> = remaining
+            .iter()
+            .map(|output| {
+                let record = FutureRecord::to(&output.topic)
+                    .key(&output.key)
+                    .payload(&output.payload);
+                producer.send_result(record).map_err(|(error, _)| error)
+            })
+            .collect();
+        let mut failed = Vec::new();
+        for (output, delivery) in remaining.into_iter().zip(deliveries) {
+            let ok = match delivery {
+                Ok(delivery) => matches!(delivery.await, Ok(Ok(_))),
+                Err(_) => false,
+            };
+            if !ok {
+                failed.push(output);
+            }
+        }
+        if failed.is_empty() {
+            return;
+        }
+        warn!(
+            failed = failed.len(),
+            "outputs not acknowledged by Kafka; retrying"
+        );
+        remaining = failed;
+        tokio::select! {
+            _ = shutdown.cancelled() => std::future::pending::<()>().await,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn store_offset(consumer: &StreamConsumer, topic: &str, partition: i32, offset: i64) {
+    let mut list = TopicPartitionList::new();
+    if list
+        .add_partition_offset(topic, partition, Offset::Offset(offset + 1))
+        .is_ok()
+    {
+        if let Err(error) = consumer.store_offsets(&list) {
+            tracing::debug!(%error, topic, partition, "offset not stored (partition revoked?)");
+        }
+    }
+}
