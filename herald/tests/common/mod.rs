@@ -81,14 +81,21 @@ impl Drop for TempDir {
 }
 
 impl Herald {
-    /// Starts Herald in device-auth mode against `bootstrap`; `extra` is
-    /// appended to the generated TOML.
+    /// Starts Herald in device-auth mode against `bootstrap`; `extra` holds
+    /// lines for the `[broker]`, `[broker.auth]` and `[kafka]` tables, each
+    /// group after a `# broker`, `# auth` or `# kafka` line.
     pub fn start(bootstrap: &str, extra: &str) -> Herald {
+        Self::start_with(bootstrap, extra, &unique("t"), free_port())
+    }
+
+    /// Starts Herald with a given topic prefix and MQTT port: the same
+    /// values restart "the same" Herald after a crash.
+    pub fn start_with(bootstrap: &str, extra: &str, topic_prefix: &str, mqtt_port: u16) -> Herald {
         let dir = TempDir(std::env::temp_dir().join(unique("herald-test-")));
         std::fs::create_dir_all(&dir.0).unwrap();
-        let mqtt: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mqtt: SocketAddr = format!("127.0.0.1:{mqtt_port}").parse().unwrap();
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let topic_prefix = unique("t");
+        let topic_prefix = topic_prefix.to_string();
         let config = format!(
             r#"
 [broker]
@@ -102,11 +109,18 @@ listen = "{http}"
 
 [kafka]
 bootstrap_servers = "{bootstrap}"
-{kafka_extra}
 uplink_rules = [
   {{ mqtt_topic = "devices/{{device_id}}/up/scan", kafka_topic = "{topic_prefix}.scan" }},
   {{ mqtt_topic = "devices/{{device_id}}/up/print-status", kafka_topic = "{topic_prefix}.print-status" }},
 ]
+{kafka_extra}
+[kafka.downlink]
+topic = "{topic_prefix}.downlink"
+receipts_topic = "{topic_prefix}.receipts"
+group_id = "{topic_prefix}-downlink"
+
+[kafka.presence]
+topic = "{topic_prefix}.presence"
 "#,
             broker_extra = section(extra, "broker"),
             auth_extra = section(extra, "auth"),
@@ -194,6 +208,16 @@ uplink_rules = [
         device_password(device_id)
     }
 
+    /// This instance's Kafka topic `<prefix>.<name>`, e.g. `topic("receipts")`.
+    pub fn topic(&self, name: &str) -> String {
+        format!("{}.{name}", self.topic_prefix)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn crash(&mut self) {
+        self.kill();
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -236,6 +260,23 @@ pub fn device_password(device_id: &str) -> String {
     herald_identity::FleetKey::new(&key)
         .device_secret(device_id)
         .password(device_id, now)
+}
+
+/// Produces one record and waits for Kafka's acknowledgement.
+pub async fn produce(bootstrap: &str, topic: &str, key: &str, payload: &[u8]) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("producer");
+    producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(payload),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("produced");
 }
 
 /// A record read back from Kafka.
