@@ -106,6 +106,10 @@ pub async fn run(
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
+        // A topic nobody produced to yet is created (where the brokers allow
+        // it) instead of failing the subscription; production clusters
+        // usually create topics up front and may override this.
+        .set("allow.auto.create.topics", "true")
         .set("topic.metadata.refresh.interval.ms", "5000");
     for (key, value) in &kafka.consumer_options {
         consumer_config.set(key, value);
