@@ -40,5 +40,5 @@ for _ in $(seq 100); do
 done
 sleep 2 # let Herald and its Kafka client settle before the baseline is read
 
-target/release/herald-loadtest fleet -p 21883 -c "$CLIENTS" -r "$RATE" --hold 15 \
+target/release/herald-loadtest fleet -p 21883 -c "$CLIENTS" -R "$RATE" --hold 15 \
   --fleet-key "$FLEET_KEY" --broker-pid "$HERALD" --report "$OUT/fleet-$CLIENTS-$RATE.json"

@@ -1,0 +1,319 @@
+//! Command-line interface, following emqtt-bench's conventions (`conn`,
+//! `sub`, `pub`; `-c` clients, `-i`/`-R` connect pacing, `-q`, `-s`, `-t`
+//! with `%i` and `%c`, `-h`/`-p`, `--ifaddr`), plus the terminal-platform
+//! scenarios `fleet`, `uplink`, `announce` and `storm`.
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "herald-loadtest",
+    version,
+    disable_help_flag = true,
+    about = "Simulate payment-terminal fleets against Herald or any MQTT broker"
+)]
+pub struct Cli {
+    #[arg(long, action = ArgAction::Help, global = true, help = "Print help")]
+    pub help: Option<bool>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Connect clients and hold them (emqtt-bench conn).
+    Conn(ConnArgs),
+    /// Subscribe clients to a topic and measure what they receive (emqtt-bench sub).
+    Sub(SubArgs),
+    /// Publish at a fixed total rate and measure acknowledgements (emqtt-bench pub).
+    Pub(PubArgs),
+    /// Terminals with device credentials connect and stay idle: connect rate,
+    /// failures, and the broker's memory per session.
+    Fleet(FleetArgs),
+    /// Terminals publish scan results at a fixed total rate: PUBACK latency
+    /// and MQTT-to-Kafka latency.
+    Uplink(UplinkArgs),
+    /// Payment events go to Kafka at a fixed rate: time until the simulated
+    /// speaker hears the announcement.
+    Announce(AnnounceArgs),
+    /// The whole fleet drops and reconnects at once.
+    Storm(StormArgs),
+    /// Draw latency distributions of JSON reports as an SVG plot.
+    Plot(PlotArgs),
+}
+
+/// Where the broker is and how clients present themselves.
+#[derive(Args, Debug, Clone)]
+pub struct Target {
+    /// Broker host.
+    #[arg(short = 'h', long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Broker port.
+    #[arg(short = 'p', long, default_value_t = 1883)]
+    pub port: u16,
+    /// Local source addresses to spread connections over (comma separated),
+    /// e.g. 127.0.0.2,127.0.0.3: each fits ~28k connections per broker address.
+    #[arg(long, value_delimiter = ',')]
+    pub ifaddr: Vec<IpAddr>,
+    /// Username (default: none, or the client id with --fleet-key).
+    #[arg(short = 'u', long)]
+    pub username: Option<String>,
+    /// Password.
+    #[arg(short = 'P', long)]
+    pub password: Option<String>,
+    /// Herald fleet key (base64): each client signs its own device password.
+    #[arg(long, env = "HERALD_FLEET_KEY")]
+    pub fleet_key: Option<String>,
+    /// Keepalive in seconds.
+    #[arg(short = 'k', long, default_value_t = 60)]
+    pub keepalive: u16,
+    /// Write the JSON report to this file (it is always printed).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+/// How many clients and how fast they connect.
+#[derive(Args, Debug, Clone)]
+pub struct Clients {
+    /// Number of clients.
+    #[arg(short = 'c', long = "count", default_value_t = 100)]
+    pub count: u32,
+    /// Milliseconds between connects (ignored with --connrate).
+    #[arg(short = 'i', long = "interval", default_value_t = 10)]
+    pub interval_ms: u64,
+    /// Connects per second (open loop); overrides --interval.
+    #[arg(short = 'R', long = "connrate")]
+    pub connrate: Option<f64>,
+    /// Client id template: %i is the client's index.
+    #[arg(long = "client-id", default_value = "bench-%i")]
+    pub client_id: String,
+    /// Index of the first client.
+    #[arg(short = 'n', long = "startnumber", default_value_t = 0)]
+    pub start_number: u32,
+}
+
+impl Clients {
+    /// Connects per second.
+    pub fn connect_rate(&self) -> f64 {
+        self.connrate
+            .unwrap_or(1000.0 / self.interval_ms.max(1) as f64)
+    }
+
+    pub fn client_id(&self, index: u32) -> String {
+        self.client_id
+            .replace("%i", &(self.start_number + index).to_string())
+    }
+}
+
+/// Expands a topic template: %i the client index, %c the client id.
+pub fn topic(template: &str, index: u32, client_id: &str) -> String {
+    template
+        .replace("%i", &index.to_string())
+        .replace("%c", client_id)
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ConnArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[command(flatten)]
+    pub clients: Clients,
+    /// Seconds to hold the connections after the last connect.
+    #[arg(long, default_value_t = 10)]
+    pub hold: u64,
+    /// Pid of the broker on this machine, to report its memory per connection.
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SubArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[command(flatten)]
+    pub clients: Clients,
+    /// Topic filter template (%i, %c).
+    #[arg(short = 't', long)]
+    pub topic: String,
+    /// Subscription QoS.
+    #[arg(short = 'q', long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub qos: u8,
+    /// Seconds to receive after subscribing.
+    #[arg(short = 'd', long, default_value_t = 30)]
+    pub duration: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PubArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[command(flatten)]
+    pub clients: Clients,
+    /// Topic template (%i, %c).
+    #[arg(short = 't', long)]
+    pub topic: String,
+    #[arg(short = 'q', long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub qos: u8,
+    /// Payload size in bytes (at least 16: the send time and a sequence number).
+    #[arg(short = 's', long, default_value_t = 256)]
+    pub size: usize,
+    /// Total messages per second across all clients.
+    #[arg(short = 'r', long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Seconds to publish.
+    #[arg(short = 'd', long, default_value_t = 30)]
+    pub duration: u64,
+    /// Also subscribe each client to this filter template, to measure end-to-end
+    /// latency through the broker (fan-in when all publish to one topic).
+    #[arg(long)]
+    pub subscribe: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct FleetArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[command(flatten)]
+    pub clients: Clients,
+    #[arg(long, default_value_t = 10)]
+    pub hold: u64,
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct UplinkArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[command(flatten)]
+    pub clients: Clients,
+    /// Scan results per second across the fleet.
+    #[arg(short = 'r', long, default_value_t = 1000.0)]
+    pub rate: f64,
+    #[arg(short = 'd', long, default_value_t = 30)]
+    pub duration: u64,
+    /// Kafka bootstrap servers, to measure MQTT-to-Kafka latency (same clock).
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    pub kafka: String,
+    /// Kafka topic Herald writes scan uplinks to.
+    #[arg(long, default_value = "herald.uplink.scan")]
+    pub kafka_topic: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AnnounceArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Simulated speakers.
+    #[command(flatten)]
+    pub clients: Clients,
+    /// Payment events per second.
+    #[arg(short = 'r', long, default_value_t = 100.0)]
+    pub rate: f64,
+    #[arg(short = 'd', long, default_value_t = 30)]
+    pub duration: u64,
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    pub kafka: String,
+    /// Topic the announcer consumes.
+    #[arg(long, default_value = "herald.payments")]
+    pub payments_topic: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StormArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[command(flatten)]
+    pub clients: Clients,
+    /// Seconds connected before the storm.
+    #[arg(long, default_value_t = 5)]
+    pub hold: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PlotArgs {
+    /// JSON reports (from --report) to draw, one curve per latency series.
+    #[arg(required = true)]
+    pub reports: Vec<PathBuf>,
+    /// Output SVG file.
+    #[arg(short = 'o', long, default_value = "latency.svg")]
+    pub output: PathBuf,
+    #[arg(long, default_value = "Latency distribution")]
+    pub title: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emqtt_bench_style_flags() {
+        let cli = Cli::try_parse_from([
+            "herald-loadtest",
+            "pub",
+            "-h",
+            "10.0.0.1",
+            "-p",
+            "1884",
+            "-c",
+            "50",
+            "-i",
+            "5",
+            "-t",
+            "t/%i/%c",
+            "-q",
+            "1",
+            "-s",
+            "64",
+            "-r",
+            "500",
+            "--ifaddr",
+            "127.0.0.2,127.0.0.3",
+        ])
+        .unwrap();
+        let Command::Pub(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(
+            (args.target.host.as_str(), args.target.port),
+            ("10.0.0.1", 1884)
+        );
+        assert_eq!(
+            (args.clients.count, args.qos, args.size, args.rate),
+            (50, 1, 64, 500.0)
+        );
+        assert_eq!(args.clients.connect_rate(), 200.0);
+        assert_eq!(args.target.ifaddr.len(), 2);
+        assert_eq!(
+            topic(&args.topic, 7, &args.clients.client_id(7)),
+            "t/7/bench-7"
+        );
+    }
+
+    #[test]
+    fn connrate_overrides_interval_and_qos_is_checked() {
+        let cli = Cli::try_parse_from([
+            "herald-loadtest",
+            "conn",
+            "-c",
+            "10",
+            "-R",
+            "2500",
+            "--startnumber",
+            "100",
+        ])
+        .unwrap();
+        let Command::Conn(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.clients.connect_rate(), 2500.0);
+        assert_eq!(args.clients.client_id(0), "bench-100");
+        assert!(Cli::try_parse_from(["herald-loadtest", "sub", "-t", "x", "-q", "3"]).is_err());
+        assert!(
+            Cli::try_parse_from(["herald-loadtest", "pub"]).is_err(),
+            "-t is required"
+        );
+    }
+}
