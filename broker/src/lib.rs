@@ -16,6 +16,9 @@
 //! ```
 
 mod auth;
+#[cfg(feature = "bench-internals")]
+#[doc(hidden)]
+pub mod bench_api;
 pub mod codec;
 mod config;
 mod connection;

@@ -120,6 +120,11 @@ impl Session {
         }
     }
 
+    #[cfg(feature = "bench-internals")]
+    pub(crate) fn new_for_bench(client_id: &str) -> Self {
+        Self::new(client_id.into())
+    }
+
     pub fn lock(&self) -> MutexGuard<'_, SessionState> {
         // A panic while holding the lock cannot leave the state half-written
         // in a way that matters more than losing the session, so recover.

@@ -1,0 +1,154 @@
+//! Micro-benchmarks of the per-message and per-connection hot paths:
+//! MQTT decode/encode, credential verification, routing and ACL checks,
+//! protobuf and JSON contracts, spoken amounts.
+//!
+//! `cargo bench -p herald-benches` (results in target/criterion/).
+
+use bytes::{Bytes, BytesMut};
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use herald_broker::bench_api::{AclBench, RouterBench};
+use herald_broker::codec::{self, ProtocolVersion, Publish, QoS};
+use herald_broker::AuthConfig;
+use herald_schemas::v1::{Announcement, CommandKind, DownlinkCommand, ScanResult};
+use herald_schemas::Message as _;
+
+const FLEET_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
+fn codec_benches(c: &mut Criterion) {
+    let mut group = c.benchmark_group("mqtt_codec");
+    let payload = Bytes::from(vec![7u8; 256]);
+    let mut publish = Publish::new(
+        "devices/scanbox-000123/up/scan",
+        QoS::AtLeastOnce,
+        payload.clone(),
+        None,
+    );
+    publish.pkid = 42;
+    let packet = codec::Packet::Publish(publish);
+    let mut v5 = BytesMut::new();
+    codec::write(ProtocolVersion::V5, &packet, &mut v5).unwrap();
+    let mut v4 = BytesMut::new();
+    codec::write(ProtocolVersion::V311, &packet, &mut v4).unwrap();
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("decode_publish_256B_v311", |b| {
+        b.iter_batched(
+            || v4.clone(),
+            |mut buf| black_box(codec::read(ProtocolVersion::V311, &mut buf, 1 << 20)),
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("decode_publish_256B_v5", |b| {
+        b.iter_batched(
+            || v5.clone(),
+            |mut buf| black_box(codec::read(ProtocolVersion::V5, &mut buf, 1 << 20)),
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("encode_publish_256B_v311", |b| {
+        b.iter(|| {
+            let mut out = BytesMut::with_capacity(300);
+            codec::write(ProtocolVersion::V311, black_box(&packet), &mut out).unwrap();
+            out
+        })
+    });
+    group.finish();
+}
+
+fn auth_benches(c: &mut Criterion) {
+    let key = herald_identity::FleetKey::new(b"0123456789abcdef0123456789abcdef");
+    let now = 1_790_000_000;
+    let password = key
+        .device_secret("speaker-000123")
+        .password("speaker-000123", now);
+    c.bench_function("verify_device_password", |b| {
+        b.iter(|| {
+            key.verify_password(
+                black_box("speaker-000123"),
+                black_box(password.as_bytes()),
+                now,
+                900,
+            )
+        })
+    });
+    let acl = AclBench::new(&AuthConfig {
+        fleet_key: Some(FLEET_KEY.into()),
+        ..AuthConfig::default()
+    });
+    c.bench_function("acl_may_publish", |b| {
+        b.iter(|| {
+            acl.may_publish(
+                black_box("speaker-000123"),
+                black_box("devices/speaker-000123/up/scan"),
+            )
+        })
+    });
+    c.bench_function("acl_may_subscribe", |b| {
+        b.iter(|| {
+            acl.may_subscribe(
+                black_box("speaker-000123"),
+                black_box("devices/speaker-000123/down/#"),
+            )
+        })
+    });
+}
+
+fn routing_benches(c: &mut Criterion) {
+    let mut group = c.benchmark_group("routing_100k_devices");
+    let mut router = RouterBench::default();
+    for i in 0..100_000 {
+        let id = format!("dev-{i:06}");
+        router.subscribe(&format!("devices/{id}/down/#"), &id);
+        router.subscribe(&format!("status/{id}"), &id);
+    }
+    group.bench_function("wildcard_device_namespace", |b| {
+        b.iter(|| router.route(black_box("devices/dev-054321/down/announce")))
+    });
+    group.bench_function("exact_topic", |b| {
+        b.iter(|| router.route(black_box("status/dev-054321")))
+    });
+    group.bench_function("no_subscriber", |b| {
+        b.iter(|| router.route(black_box("devices/unknown/up/scan")))
+    });
+    group.finish();
+}
+
+fn schema_benches(c: &mut Criterion) {
+    let announcement = Announcement {
+        text: "支付宝收款十二元五角".into(),
+        locale: "zh-CN".into(),
+        payment_id: "pay-0000000001".into(),
+        amount_minor: 1250,
+        currency: "CNY".into(),
+    };
+    let command = DownlinkCommand {
+        command_id: "pay-0000000001".into(),
+        device_id: "speaker-000123".into(),
+        kind: CommandKind::Announce as i32,
+        payload: announcement.encode_to_vec(),
+        created_at_ms: 1_790_000_000_000,
+        expires_at_ms: 1_790_000_060_000,
+    };
+    let encoded = command.encode_to_vec();
+    c.bench_function("protobuf_encode_downlink_command", |b| {
+        b.iter(|| black_box(&command).encode_to_vec())
+    });
+    c.bench_function("protobuf_decode_downlink_command", |b| {
+        b.iter(|| DownlinkCommand::decode(black_box(&encoded[..])))
+    });
+    let json = br#"{"code":"134567890123456789","scannedAtMs":"1790000000000","scanId":"s-1"}"#;
+    c.bench_function("json_decode_scan_result", |b| {
+        b.iter(|| herald_schemas::decode_device_payload::<ScanResult>(black_box(&json[..])))
+    });
+    c.bench_function("speak_amount_chinese", |b| {
+        b.iter(|| herald_consumers::amount::chinese(black_box(1_005_30), "CNY"))
+    });
+}
+
+criterion_group!(
+    benches,
+    codec_benches,
+    auth_benches,
+    routing_benches,
+    schema_benches
+);
+criterion_main!(benches);
