@@ -45,13 +45,19 @@ struct PartitionOffsets {
 
 impl OffsetTracker {
     pub(crate) fn begin(&mut self, topic: &str, partition: i32, offset: i64) {
+        let fresh = || PartitionOffsets {
+            stored: offset,
+            ..Default::default()
+        };
         let p = self
             .partitions
             .entry((topic.to_string(), partition))
-            .or_insert_with(|| PartitionOffsets {
-                stored: offset,
-                ..Default::default()
-            });
+            .or_insert_with(fresh);
+        if offset < p.next_unseen {
+            // Consumption rewound (the partition came back after a rebalance):
+            // what was tracked before says nothing about these offsets.
+            *p = fresh();
+        }
         p.in_flight.insert(offset);
         p.next_unseen = p.next_unseen.max(offset + 1);
     }
@@ -426,5 +432,26 @@ mod tests {
         assert_eq!(t.complete("d", 1, 5), Some(6), "partitions are independent");
         assert_eq!(t.complete("d", 0, 13), Some(14));
         assert_eq!(t.complete("x", 0, 1), None, "unknown partition");
+    }
+
+    #[test]
+    fn a_rewind_after_a_rebalance_starts_over() {
+        let mut t = OffsetTracker::default();
+        for o in 100..150 {
+            t.begin("d", 0, o);
+        }
+        assert_eq!(t.complete("d", 0, 100), Some(101));
+        // The partition is revoked and comes back from the committed offset.
+        t.begin("d", 0, 101);
+        assert_eq!(
+            t.complete("d", 0, 101),
+            Some(102),
+            "not next_unseen (150) of the old assignment"
+        );
+        assert_eq!(
+            t.complete("d", 0, 140),
+            None,
+            "old in-flight work does not move it"
+        );
     }
 }
