@@ -22,6 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_protos(&files, &["proto"])?;
     pbjson_build::Builder::new()
         .register_descriptors(&std::fs::read(&descriptor_path)?)?
+        // Evolution rule: readers accept fields they do not know yet.
+        .ignore_unknown_fields()
         .build(&[".herald.v1"])?;
     Ok(())
 }

@@ -49,7 +49,9 @@ pub struct DownlinkConfig {
     /// Default `herald.receipts`.
     pub receipts_topic: String,
     /// Commands handed to devices and not yet settled; consumption pauses
-    /// past it. Default 10000.
+    /// past it. Commands for offline devices hold a slot until they are
+    /// delivered or expire, so size it for the commands that may wait
+    /// (about 1 KiB each). Default 100000.
     pub max_inflight: usize,
     /// Expiry of commands that carry none (expires_at_ms = 0). Default 1h.
     #[serde(with = "humantime_serde")]
@@ -63,7 +65,7 @@ impl Default for DownlinkConfig {
             topic: "herald.downlink".into(),
             group_id: "herald-downlink".into(),
             receipts_topic: "herald.receipts".into(),
-            max_inflight: 10_000,
+            max_inflight: 100_000,
             default_ttl: Duration::from_secs(3600),
         }
     }

@@ -70,9 +70,13 @@ impl KafkaPresence {
         if !self.enabled {
             return;
         }
-        let admin: Result<AdminClient<DefaultClientContext>, _> = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &config.bootstrap_servers)
-            .create();
+        // The producer's pass-through options carry the cluster's security settings.
+        let mut admin_config = rdkafka::ClientConfig::new();
+        admin_config.set("bootstrap.servers", &config.bootstrap_servers);
+        for (key, value) in &config.producer_options {
+            admin_config.set(key, value);
+        }
+        let admin: Result<AdminClient<DefaultClientContext>, _> = admin_config.create();
         let admin = match admin {
             Ok(admin) => admin,
             Err(error) => {

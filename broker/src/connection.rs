@@ -1075,9 +1075,20 @@ impl Connection {
         })
     }
 
-    /// On a resumed session, repeats what the client never acknowledged.
+    /// On a resumed session, repeats what the client never acknowledged,
+    /// except downlinks that expired (or were given up) meanwhile.
     fn resend_inflight(&self, out: &mut BytesMut) {
-        let state = self.session.lock();
+        let mut state = self.session.lock();
+        let now = Instant::now();
+        state
+            .inflight
+            .retain(|inflight| match &inflight.queued.downlink {
+                Some(tag) if inflight.stage == OutboundStage::Published && tag.is_stale(now) => {
+                    tag.settle(DeliveryOutcome::Expired);
+                    false
+                }
+                _ => true,
+            });
         for inflight in &state.inflight {
             let packet = match inflight.stage {
                 OutboundStage::Published => {

@@ -171,10 +171,25 @@ pub(crate) enum Attached {
 }
 
 /// All sessions, by client id.
-#[derive(Default)]
 pub(crate) struct Registry {
     sessions: DashMap<Arc<str>, Arc<Session>>,
     generations: AtomicU64,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        // Generations start at the start time in microseconds, so they keep
+        // increasing across restarts (and roughly across instances), which
+        // lets presence consumers tell a stale event from a newer one.
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        Self {
+            sessions: DashMap::new(),
+            generations: AtomicU64::new(start),
+        }
+    }
 }
 
 impl Registry {

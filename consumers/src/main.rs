@@ -53,6 +53,7 @@ fn load(path: Option<&std::path::Path>) -> anyhow::Result<ConsumersConfig> {
         .templates
         .validate()
         .context("invalid configuration `announcer.templates`")?;
+    herald_consumers::pipeline::validate(&config.kafka)?;
     Ok(config)
 }
 

@@ -73,9 +73,48 @@ pub trait Processor: Send + Sync + 'static {
     fn process(&self, input: &Input<'_>) -> Verdict;
 }
 
+/// librdkafka options the services set themselves, with why.
+const RESERVED_OPTIONS: &[(&str, &str)] = &[
+    ("bootstrap.servers", "use kafka.bootstrap_servers"),
+    ("group.id", "use the service's group_id"),
+    (
+        "enable.auto.offset.store",
+        "offsets are stored only once outputs are acknowledged",
+    ),
+    (
+        "enable.auto.commit",
+        "stored offsets are committed every second",
+    ),
+    (
+        "enable.idempotence",
+        "outputs are always produced idempotently",
+    ),
+    ("acks", "outputs always use acks=all"),
+    ("request.required.acks", "outputs always use acks=all"),
+];
+
+/// Checks the pass-through options of `kafka`.
+pub fn validate(kafka: &KafkaSettings) -> Result<(), PipelineError> {
+    for (section, options) in [
+        ("consumer_options", &kafka.consumer_options),
+        ("producer_options", &kafka.producer_options),
+    ] {
+        for (key, why) in RESERVED_OPTIONS {
+            if options.contains_key(*key) {
+                return Err(PipelineError::Config(format!(
+                    "kafka.{section}.\"{key}\" cannot be set: {why}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Errors starting a service.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
     #[error("Kafka client: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("metrics: {0}")]
@@ -98,6 +137,7 @@ pub async fn run(
     registry: &Registry,
     shutdown: CancellationToken,
 ) -> Result<(), PipelineError> {
+    validate(kafka)?;
     let mut consumer_config = ClientConfig::new();
     consumer_config
         .set("bootstrap.servers", &kafka.bootstrap_servers)
@@ -208,8 +248,13 @@ pub async fn run(
     }
     // Offsets of records whose outputs are acknowledged are stored; commit them.
     info!(service, "stopping; committing handled offsets");
-    if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
-        warn!(service, %error, "final offset commit failed");
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => {}
+        // Nothing consumed since the last commit.
+        Err(rdkafka::error::KafkaError::ConsumerCommit(
+            rdkafka::types::RDKafkaErrorCode::NoOffset,
+        )) => {}
+        Err(error) => warn!(service, %error, "final offset commit failed"),
     }
     producer.flush(Duration::from_secs(5)).ok();
     Ok(())
@@ -265,5 +310,27 @@ fn store_offset(consumer: &StreamConsumer, topic: &str, partition: i32, offset: 
         if let Err(error) = consumer.store_offsets(&list) {
             tracing::debug!(%error, topic, partition, "offset not stored (partition revoked?)");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_that_break_at_least_once_are_refused() {
+        let mut kafka = KafkaSettings::default();
+        assert!(validate(&kafka).is_ok());
+        kafka
+            .consumer_options
+            .insert("enable.auto.offset.store".into(), "true".into());
+        let error = validate(&kafka).unwrap_err().to_string();
+        assert!(
+            error.contains("kafka.consumer_options.\"enable.auto.offset.store\""),
+            "{error}"
+        );
+        kafka.consumer_options.clear();
+        kafka.producer_options.insert("acks".into(), "1".into());
+        assert!(validate(&kafka).is_err());
     }
 }

@@ -122,7 +122,11 @@ async fn run(config: HeraldConfig) -> anyhow::Result<()> {
         sink.producer().clone(),
         &registry,
     )?);
-    presence.ensure_topic(&config.kafka).await;
+    {
+        // In the background: an unreachable Kafka must not delay the listeners.
+        let (presence, kafka) = (presence.clone(), config.kafka.clone());
+        tokio::spawn(async move { presence.ensure_topic(&kafka).await });
+    }
     let hooks = BrokerHooks {
         uplinks: sink.clone(),
         session_events: presence,

@@ -67,6 +67,9 @@ mod tests {
         .unwrap();
         assert_eq!(status.state(), PrintState::Failed);
         assert!(decode_device_payload::<ScanResult>(b"{not json").is_err());
+        let newer: ScanResult =
+            decode_device_payload(br#"{"code":"x","fieldFromTheFuture":1}"#).unwrap();
+        assert_eq!(newer.code, "x", "unknown JSON fields are skipped");
         assert!(decode_device_payload::<ScanResult>(&[0xff, 0xff, 0xff]).is_err());
     }
 
