@@ -161,7 +161,8 @@ pub async fn run(
         .set("bootstrap.servers", &kafka.bootstrap_servers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "2");
+        .set("linger.ms", "2")
+        .set("socket.nagle.disable", "true");
     for (key, value) in &kafka.producer_options {
         producer_config.set(key, value);
     }

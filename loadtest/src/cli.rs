@@ -86,8 +86,10 @@ pub struct Clients {
     /// Connects per second (open loop); overrides --interval.
     #[arg(short = 'R', long = "connrate")]
     pub connrate: Option<f64>,
-    /// Client id template: %i is the client's index.
-    #[arg(long = "client-id", default_value = "bench-%i")]
+    /// Client id template: %i is the client's index, %p this process's id
+    /// (so that a `sub` and a `pub` run side by side do not take over each
+    /// other's sessions).
+    #[arg(long = "client-id", default_value = "bench-%p-%i")]
     pub client_id: String,
     /// Index of the first client.
     #[arg(short = 'n', long = "startnumber", default_value_t = 0)]
@@ -104,6 +106,7 @@ impl Clients {
     pub fn client_id(&self, index: u32) -> String {
         self.client_id
             .replace("%i", &(self.start_number + index).to_string())
+            .replace("%p", &std::process::id().to_string())
     }
 }
 
@@ -286,10 +289,9 @@ mod tests {
         );
         assert_eq!(args.clients.connect_rate(), 200.0);
         assert_eq!(args.target.ifaddr.len(), 2);
-        assert_eq!(
-            topic(&args.topic, 7, &args.clients.client_id(7)),
-            "t/7/bench-7"
-        );
+        let id = args.clients.client_id(7);
+        assert_eq!(id, format!("bench-{}-7", std::process::id()));
+        assert_eq!(topic(&args.topic, 7, &id), format!("t/7/{id}"));
     }
 
     #[test]
@@ -309,7 +311,10 @@ mod tests {
             panic!()
         };
         assert_eq!(args.clients.connect_rate(), 2500.0);
-        assert_eq!(args.clients.client_id(0), "bench-100");
+        assert_eq!(
+            args.clients.client_id(0),
+            format!("bench-{}-100", std::process::id())
+        );
         assert!(Cli::try_parse_from(["herald-loadtest", "sub", "-t", "x", "-q", "3"]).is_err());
         assert!(
             Cli::try_parse_from(["herald-loadtest", "pub"]).is_err(),
