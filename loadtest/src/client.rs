@@ -10,7 +10,7 @@ use rumqttc::mqttbytes::QoS;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 
 /// Spreads connections over several local source addresses, so that more
@@ -186,9 +186,15 @@ impl Connection {
                     Err(e) => bail!("bad packet from the broker: {e}"),
                 }
             }
-            self.buf.reserve(4096);
-            if self.stream.read_buf(&mut self.buf).await? == 0 {
-                bail!("connection closed by the broker");
+            // Wait without a buffer, then read into the stack: an idle
+            // terminal holds no 4 KiB read buffer.
+            self.stream.readable().await?;
+            let mut chunk = [0u8; 4096];
+            match self.stream.try_read(&mut chunk) {
+                Ok(0) => bail!("connection closed by the broker"),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
             }
         }
     }
