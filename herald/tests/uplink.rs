@@ -129,51 +129,27 @@ async fn publish_outside_namespace_is_refused_and_nothing_reaches_kafka() {
     herald.wait_ready();
 
     // MQTT 5: a PUBACK with reason "not authorized", and the connection stays.
-    use rumqttc::v5::mqttbytes::v5::{Packet as P5, PubAckReason};
+    use rumqttc::v5::mqttbytes::v5::PubAckReason;
     let device = "printer-0003";
     let mut options5 =
         rumqttc::v5::MqttOptions::new(device, herald.mqtt.ip().to_string(), herald.mqtt.port());
     options5.set_credentials(device, herald.password(device));
     let (client5, mut eventloop5) = rumqttc::v5::AsyncClient::new(options5, 10);
-    client5
-        .publish(
-            "devices/printer-9999/up/scan",
-            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
-            false,
-            &b"spoofed"[..],
-        )
-        .await
-        .unwrap();
-    let reason = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Ok(rumqttc::v5::Event::Incoming(P5::PubAck(ack))) = eventloop5.poll().await {
-                return ack.reason;
-            }
-        }
-    })
-    .await
-    .expect("a PUBACK");
+    let reason = publish_v5(
+        &client5,
+        &mut eventloop5,
+        "devices/printer-9999/up/scan".into(),
+    )
+    .await;
     assert_eq!(reason, PubAckReason::NotAuthorized);
 
     // Inside the namespace but no uplink rule: refused, not silently dropped.
-    client5
-        .publish(
-            format!("devices/{device}/up/unknown-kind"),
-            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
-            false,
-            &b"?"[..],
-        )
-        .await
-        .unwrap();
-    let reason = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Ok(rumqttc::v5::Event::Incoming(P5::PubAck(ack))) = eventloop5.poll().await {
-                return ack.reason;
-            }
-        }
-    })
-    .await
-    .expect("a PUBACK");
+    let reason = publish_v5(
+        &client5,
+        &mut eventloop5,
+        format!("devices/{device}/up/unknown-kind"),
+    )
+    .await;
     assert_eq!(reason, PubAckReason::TopicNameInvalid);
 
     // MQTT 3.1.1 has no negative PUBACK: the connection is closed instead.
@@ -215,4 +191,31 @@ async fn publish_outside_namespace_is_refused_and_nothing_reaches_kafka() {
         herald.metric("herald_acl_denied_total{action=\"publish\"}"),
         2.0
     );
+}
+
+/// Publishes with QoS 1 as an MQTT 5 client and returns the PUBACK's reason code.
+async fn publish_v5(
+    client: &rumqttc::v5::AsyncClient,
+    eventloop: &mut rumqttc::v5::EventLoop,
+    topic: String,
+) -> rumqttc::v5::mqttbytes::v5::PubAckReason {
+    use rumqttc::v5::mqttbytes::v5::Packet as P5;
+    client
+        .publish(
+            topic,
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            false,
+            &b"payload"[..],
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(rumqttc::v5::Event::Incoming(P5::PubAck(ack))) = eventloop.poll().await {
+                return ack.reason;
+            }
+        }
+    })
+    .await
+    .expect("a PUBACK")
 }
