@@ -180,6 +180,7 @@ impl UplinkSink for KafkaUplinkSink {
                 Ok(()) => "ok",
                 Err(UplinkError::Timeout(_)) => "timeout",
                 Err(UplinkError::Failed(_)) => "error",
+                Err(UplinkError::Rejected { .. }) => "rejected",
             };
             produced.with_label_values(&[&kafka_topic, outcome]).inc();
             result

@@ -12,7 +12,7 @@ use crate::io::{Io, IoEvent, WRITE_HIGH_WATER};
 use crate::metrics::qos_label;
 use crate::server::HandshakeGuard;
 use crate::session::{Attached, Inflight, Message, OutboundStage, Queued, Session, SubOptions};
-use crate::sink::{Uplink, UplinkAck, UplinkError};
+use crate::sink::{Rejection, Uplink, UplinkAck, UplinkError};
 use crate::Shared;
 use bytes::BytesMut;
 use futures::stream::{FuturesOrdered, StreamExt};
@@ -902,6 +902,25 @@ impl Connection {
                     self.session.lock().incoming_qos2.push(pkid);
                 }
                 (PubAckReason::Success, PubRecReason::Success)
+            }
+            Settled::Failed(UplinkError::Rejected { kind, reason }) => {
+                // Already set aside by the sink (dead letters): acknowledging
+                // lets the device move on instead of retransmitting forever.
+                self.shared
+                    .metrics
+                    .uplinks_rejected
+                    .with_label_values(&[kind.as_label()])
+                    .inc();
+                debug!(client_id = self.client_id(), %reason, pkid, "uplink rejected for good by the sink");
+                if self.version == ProtocolVersion::V311 {
+                    (PubAckReason::Success, PubRecReason::Success)
+                } else {
+                    match kind {
+                        Rejection::TooLarge => (PubAckReason::QuotaExceeded, PubRecReason::QuotaExceeded),
+                        Rejection::Invalid => (PubAckReason::PayloadFormatInvalid, PubRecReason::PayloadFormatInvalid),
+                        Rejection::NotAuthorized => (PubAckReason::NotAuthorized, PubRecReason::NotAuthorized),
+                    }
+                }
             }
             Settled::Failed(error) => {
                 self.shared.metrics.uplink_failures.inc();

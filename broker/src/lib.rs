@@ -35,7 +35,7 @@ pub use config::{AuthConfig, AuthMode, BrokerConfig, ConfigError, TlsConfig};
 pub use downlink::{DeliveryOutcome, DeliveryTicket, Downlink, DownlinkRefusal};
 pub use events::{DisconnectReason, NoSessionEvents, SessionEvents};
 pub use server::{Broker, BrokerError};
-pub use sink::{LocalOnly, Uplink, UplinkAck, UplinkError, UplinkSink};
+pub use sink::{LocalOnly, Rejection, Uplink, UplinkAck, UplinkError, UplinkSink};
 
 use auth::Authenticator;
 use codec::QoS;

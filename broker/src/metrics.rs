@@ -18,6 +18,8 @@ pub(crate) struct Metrics {
     pub protocol_errors: IntCounterVec,
     pub uplinks_inflight: IntGauge,
     pub uplink_failures: IntCounter,
+    pub uplinks_rejected: IntCounterVec,
+    pub limits_exceeded: IntCounterVec,
 }
 
 impl Metrics {
@@ -93,6 +95,16 @@ impl Metrics {
                 "Uplinks handed to the sink and not yet acknowledged.",
             )?,
             uplink_failures,
+            uplinks_rejected: counter_vec(
+                "herald_uplinks_rejected_total",
+                "Uplinks the sink rejected for good and set aside (dead letters), by kind.",
+                &["kind"],
+            )?,
+            limits_exceeded: counter_vec(
+                "herald_limits_exceeded_total",
+                "Client input refused because it exceeded a configured limit, by limit.",
+                &["limit"],
+            )?,
         })
     }
 }

@@ -34,9 +34,27 @@ pub enum UplinkError {
     /// The downstream system did not confirm in time; the device should retry.
     #[error("delivery timed out: {0}")]
     Timeout(String),
-    /// The downstream system refused or failed the message.
+    /// The downstream system failed the message; it may take it later, so
+    /// the device is not told success and retries.
     #[error("delivery failed: {0}")]
     Failed(String),
+    /// The downstream system will never take this message: retrying cannot
+    /// help. The sink has already set it aside (dead letters) before it
+    /// reports this, so the broker may let the device move on: MQTT 5 gets
+    /// the reason code of `kind`, MQTT 3.1.1 a plain PUBACK.
+    #[error("rejected ({kind:?}): {reason}")]
+    Rejected { kind: Rejection, reason: String },
+}
+
+/// Why an uplink was rejected for good; picks the MQTT 5 reason code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// Larger than the downstream system accepts (PUBACK 0x97 quota exceeded).
+    TooLarge,
+    /// Refused as invalid by the downstream system (PUBACK 0x99 payload format invalid).
+    Invalid,
+    /// The broker is not authorized downstream (PUBACK 0x87 not authorized).
+    NotAuthorized,
 }
 
 /// Completes when the sink has durably accepted the uplink.
@@ -63,5 +81,16 @@ impl UplinkSink for LocalOnly {
 
     fn wants(&self, _topic: &str) -> bool {
         false
+    }
+}
+
+impl Rejection {
+    /// The `kind` label of `herald_uplinks_rejected_total`.
+    pub fn as_label(self) -> &'static str {
+        match self {
+            Self::TooLarge => "too_large",
+            Self::Invalid => "invalid",
+            Self::NotAuthorized => "not_authorized",
+        }
     }
 }
