@@ -30,6 +30,7 @@ mod router;
 mod server;
 mod session;
 mod sink;
+mod topic;
 
 pub use config::{AuthConfig, AuthMode, BrokerConfig, ConfigError, TlsConfig};
 pub use downlink::{DeliveryOutcome, DeliveryTicket, Downlink, DownlinkRefusal};
@@ -107,7 +108,7 @@ impl BrokerHandle {
         if shared.auth.is_revoked(&device_id) {
             return refused(DownlinkRefusal::Revoked);
         }
-        if !connection::valid_topic_name(&downlink.topic)
+        if !topic::valid_topic_name(&downlink.topic)
             || !shared.auth.is_downlink_topic(&device_id, &downlink.topic)
         {
             return refused(DownlinkRefusal::TopicOutsideNamespace);
@@ -159,7 +160,7 @@ impl Shared {
         let granted = |topic: &str| {
             filters
                 .iter()
-                .filter(|(filter, _)| router::filter_matches(filter, topic))
+                .filter(|(filter, _)| topic::filter_matches(filter, topic))
                 .map(|(_, qos)| *qos)
                 .max_by_key(|qos| *qos as u8)
         };

@@ -7,6 +7,7 @@
 
 use crate::codec::QoS;
 use crate::session::{Message, Queued, Session, SubOptions};
+use crate::topic::filter_matches;
 use dashmap::DashMap;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -210,24 +211,6 @@ fn collect(node: &Node, levels: &[&str], system: bool, out: &mut Vec<(Arc<Sessio
     }
 }
 
-/// Does `topic` match `filter`? Used for retained messages, where a scan is fine.
-pub(crate) fn filter_matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let mut topic_levels = topic.split('/');
-    for f in filter.split('/') {
-        if f == "#" {
-            return true;
-        }
-        match topic_levels.next() {
-            Some(t) if f == "+" || f == t => {}
-            _ => return false,
-        }
-    }
-    topic_levels.next().is_none()
-}
-
 trait MaxQos {
     fn max_qos(self, other: Self) -> Self;
 }
@@ -265,29 +248,6 @@ mod tests {
         let mut ids: Vec<String> = out.iter().map(|(s, _)| s.client_id.to_string()).collect();
         ids.sort();
         ids
-    }
-
-    #[test]
-    fn filter_matching_rules() {
-        for (filter, topic, expected) in [
-            ("a/b", "a/b", true),
-            ("a/+", "a/b", true),
-            ("a/+", "a/b/c", false),
-            ("a/#", "a", true),
-            ("a/#", "a/b/c", true),
-            ("#", "a/b", true),
-            ("#", "$SYS/x", false),
-            ("+/x", "$SYS/x", false),
-            ("$SYS/#", "$SYS/x", true),
-            ("a/+/c", "a//c", true),
-            ("a/b", "a/b/c", false),
-        ] {
-            assert_eq!(
-                filter_matches(filter, topic),
-                expected,
-                "{filter} vs {topic}"
-            );
-        }
     }
 
     #[test]

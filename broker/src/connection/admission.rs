@@ -1,0 +1,321 @@
+//! Admission: the first packet, CONNECT, authentication, the will, session
+//! takeover and the CONNACK. A connection that passes becomes a
+//! [`Connection`]; one that does not is answered with the reason code.
+
+use super::Connection;
+use crate::codec::{self, *};
+use crate::events::DisconnectReason;
+use crate::io::Io;
+use crate::session::{Attached, Message};
+use crate::topic::valid_topic_name;
+use crate::Shared;
+use futures::stream::FuturesOrdered;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Notify;
+use tracing::{debug, info};
+
+/// The will of a connected client, published when it goes away uncleanly.
+pub(super) struct Will {
+    pub topic: Arc<str>,
+    pub message: Message,
+    pub qos: QoS,
+    pub delay: Duration,
+}
+
+/// Reads until a full first packet is buffered. `Ok(None)`: peer went away.
+pub(super) async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut Io<S>,
+    max_packet: usize,
+) -> Result<Option<(ProtocolVersion, Packet)>, CodecError> {
+    loop {
+        if let Some(version) = codec::sniff_protocol(&io.rbuf)? {
+            if let Some(packet) = codec::read(version, &mut io.rbuf, max_packet)? {
+                return Ok(Some((version, packet)));
+            }
+        }
+        match io.read_more().await {
+            Ok(true) => {}
+            Ok(false) | Err(_) => return Ok(None),
+        }
+    }
+}
+
+pub(super) async fn refuse_bad_connect<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    io: &mut Io<S>,
+    error: CodecError,
+) {
+    let kind = match &error {
+        CodecError::UnsupportedProtocol(_) => "unsupported_protocol",
+        CodecError::TooLarge { .. } => "packet_too_large",
+        CodecError::NotConnect => "not_connect",
+        CodecError::Malformed(_) => "malformed",
+    };
+    shared
+        .metrics
+        .protocol_errors
+        .with_label_values(&[kind])
+        .inc();
+    shared.metrics.connects.with_label_values(&[kind]).inc();
+    debug!(%error, "refused connection before CONNECT");
+    if let CodecError::UnsupportedProtocol(_) = error {
+        // A 3.1.1 CONNACK is what older clients understand (MQTT 5 §4.13).
+        let ack = ConnAck {
+            session_present: false,
+            code: ConnectReturnCode::RefusedProtocolVersion,
+            properties: None,
+        };
+        let _ = codec::write(ProtocolVersion::V311, &Packet::ConnAck(ack), &mut io.wbuf);
+        let _ = io.flush().await;
+    }
+}
+
+/// Answers a connection the broker has no room for with CONNACK
+/// "server unavailable", so the client backs off instead of seeing a reset.
+pub(crate) async fn refuse_server_unavailable<S>(shared: Arc<Shared>, stream: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    shared
+        .metrics
+        .connects
+        .with_label_values(&["server_unavailable"])
+        .inc();
+    let mut io = Io::new(stream);
+    let max_packet = shared.config.max_packet_size as usize;
+    let deadline = Duration::from_secs(2);
+    if let Ok(Ok(Some((version, _)))) =
+        tokio::time::timeout(deadline, read_connect(&mut io, max_packet)).await
+    {
+        let ack = ConnAck {
+            session_present: false,
+            code: ConnectReturnCode::ServerUnavailable,
+            properties: None,
+        };
+        let _ = codec::write(version, &Packet::ConnAck(ack), &mut io.wbuf);
+        let _ = tokio::time::timeout(deadline, io.flush()).await;
+    }
+}
+
+impl Connection {
+    pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+        shared: &Arc<Shared>,
+        io: &mut Io<S>,
+        version: ProtocolVersion,
+        generation: u64,
+        connect: Connect,
+        will: Option<LastWill>,
+        login: Option<Login>,
+    ) -> Option<Connection> {
+        let metrics = &shared.metrics;
+        let config = &shared.config;
+        let refuse = |io: &mut Io<S>, code: ConnectReturnCode, result: &str| {
+            metrics.connects.with_label_values(&[result]).inc();
+            let ack = ConnAck {
+                session_present: false,
+                code,
+                properties: None,
+            };
+            let _ = codec::write(version, &Packet::ConnAck(ack), &mut io.wbuf);
+        };
+
+        let mut client_id = connect.client_id;
+        let mut assigned_id = false;
+        let props = connect.properties.unwrap_or_default();
+        let clean_start = connect.clean_start;
+        if client_id.is_empty() {
+            // MQTT lets the server name a client that sends no id, but a
+            // device must say who it is.
+            if !shared.auth.is_open() || (version == ProtocolVersion::V311 && !clean_start) {
+                refuse(
+                    io,
+                    ConnectReturnCode::ClientIdentifierNotValid,
+                    "client_id_invalid",
+                );
+                return None;
+            }
+            client_id = format!("herald-{generation:x}");
+            assigned_id = true;
+        }
+        if let Err(failure) = shared.auth.authenticate(
+            &client_id,
+            login.as_ref().map(|l| l.username.as_str()),
+            login.as_ref().map(|l| l.password.as_bytes()),
+        ) {
+            metrics
+                .auth_failures
+                .with_label_values(&[failure.as_label()])
+                .inc();
+            info!(client_id = %client_id, reason = failure.as_label(), "authentication failed");
+            use crate::auth::AuthFailure;
+            let (code, result) = match failure {
+                AuthFailure::Revoked => (ConnectReturnCode::Banned, "not_authorized"),
+                AuthFailure::Credential(herald_identity::CredentialError::InvalidDeviceId) => (
+                    ConnectReturnCode::ClientIdentifierNotValid,
+                    "client_id_invalid",
+                ),
+                _ => (ConnectReturnCode::NotAuthorized, "not_authorized"),
+            };
+            refuse(io, code, result);
+            return None;
+        }
+        let will = match will {
+            None => None,
+            Some(w) => {
+                let topic = std::str::from_utf8(&w.topic)
+                    .ok()
+                    .filter(|t| valid_topic_name(t));
+                let Some(topic) = topic else {
+                    refuse(io, ConnectReturnCode::TopicNameInvalid, "will_invalid");
+                    return None;
+                };
+                if !shared.auth.may_publish(&client_id, topic) {
+                    metrics.acl_denied.with_label_values(&["will"]).inc();
+                    refuse(io, ConnectReturnCode::NotAuthorized, "not_authorized");
+                    return None;
+                }
+                let delay = w
+                    .properties
+                    .as_ref()
+                    .and_then(|p| p.delay_interval)
+                    .unwrap_or(0);
+                Some(Box::new(Will {
+                    topic: topic.into(),
+                    qos: w.qos,
+                    delay: Duration::from_secs(delay.into()),
+                    message: Message {
+                        topic: w.topic,
+                        payload: w.message,
+                        retain: w.retain,
+                        properties: None,
+                    },
+                }))
+            }
+        };
+        // Past the connection limit (checked only now, so that the client is
+        // told why) the CONNECT is refused rather than the socket dropped.
+        if shared.connected.load(std::sync::atomic::Ordering::Relaxed) >= shared.max_connections {
+            refuse(
+                io,
+                ConnectReturnCode::ServerUnavailable,
+                "server_unavailable",
+            );
+            return None;
+        }
+
+        let max_expiry = config.session_expiry;
+        let (expiry, expiry_capped) = match version {
+            ProtocolVersion::V311 if clean_start => (Duration::ZERO, false),
+            ProtocolVersion::V311 => (max_expiry, false),
+            ProtocolVersion::V5 => {
+                let asked = Duration::from_secs(props.session_expiry_interval.unwrap_or(0).into());
+                (asked.min(max_expiry), asked > max_expiry)
+            }
+        };
+        let wake = Arc::new(Notify::new());
+        let (session, present, discarded) =
+            match shared
+                .registry
+                .attach(&client_id, generation, clean_start, expiry, wake.clone())
+            {
+                Attached::Ok {
+                    session,
+                    present,
+                    discarded,
+                    replaced,
+                } => {
+                    // Reported here, before `connected`, so that the last
+                    // presence event of a device is always the newest.
+                    if let Some(old) = replaced {
+                        shared
+                            .events
+                            .disconnected(&client_id, old, DisconnectReason::Takeover);
+                    }
+                    (session, present, discarded)
+                }
+                Attached::Superseded => {
+                    metrics.connects.with_label_values(&["superseded"]).inc();
+                    debug!(client_id = %client_id, "a newer connection already took this session");
+                    return None;
+                }
+            };
+        if let Some(old) = discarded {
+            shared.router.remove_session(&old);
+            metrics.sessions.dec();
+        }
+        if !present {
+            metrics.sessions.inc();
+        }
+        shared
+            .connected
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics.connections.inc();
+        metrics.connects.with_label_values(&["accepted"]).inc();
+        shared.events.connected(&client_id, generation);
+
+        let mut keepalive = connect.keep_alive;
+        let mut server_keepalive = None;
+        if config.max_keepalive_secs > 0
+            && (keepalive == 0 || keepalive > config.max_keepalive_secs)
+        {
+            keepalive = config.max_keepalive_secs;
+            server_keepalive = Some(keepalive);
+        }
+        let conn = Connection {
+            shared: shared.clone(),
+            session,
+            generation,
+            version,
+            wake,
+            will,
+            // MQTT: the server may close after 1.5 keepalive periods of silence.
+            keepalive: Duration::from_millis(u64::from(keepalive) * 1500),
+            last_activity: Instant::now(),
+            pending: FuturesOrdered::new(),
+            reserved: None,
+            waiting_for_permit: false,
+            outbound_limit: usize::from(
+                props
+                    .receive_maximum
+                    .unwrap_or(u16::MAX)
+                    .min(config.max_inflight_downlinks)
+                    .max(1),
+            ),
+            client_max_packet: props.max_packet_size.map_or(usize::MAX, |m| m as usize),
+            revocation_epoch: shared.revocation_epoch(),
+        };
+        let properties = (version == ProtocolVersion::V5).then(|| ConnAckProperties {
+            session_expiry_interval: expiry_capped.then(|| expiry.as_secs() as u32),
+            receive_max: Some(config.max_inflight_uplinks),
+            max_qos: None,
+            retain_available: Some(u8::from(config.retain_available)),
+            max_packet_size: Some(config.max_packet_size),
+            assigned_client_identifier: assigned_id.then(|| client_id.clone()),
+            topic_alias_max: None,
+            reason_string: None,
+            user_properties: Vec::new(),
+            wildcard_subscription_available: Some(1),
+            subscription_identifiers_available: Some(0),
+            shared_subscription_available: Some(0),
+            server_keep_alive: server_keepalive,
+            response_information: None,
+            server_reference: None,
+            authentication_method: None,
+            authentication_data: None,
+        });
+        let ack = ConnAck {
+            session_present: present,
+            code: ConnectReturnCode::Success,
+            properties,
+        };
+        conn.send(&mut io.wbuf, &Packet::ConnAck(ack));
+        debug!(client_id = %client_id, ?version, present, "client connected");
+        if present {
+            conn.resend_inflight(&mut io.wbuf);
+        }
+        conn.drain_session(&mut io.wbuf);
+        Some(conn)
+    }
+}

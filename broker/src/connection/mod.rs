@@ -1,0 +1,286 @@
+//! One client connection: admission, then the event loop, then teardown.
+//!
+//! Each connection is one tokio task. It reads packets, routes publishes,
+//! hands uplinks to the sink and sends their PUBACK only when the sink's
+//! acknowledgement completes (in the order the PUBLISHes came in), delivers
+//! what its session queue holds, and enforces keepalive and limits.
+//!
+//! One idea a file: [`close`] (why a connection ends), [`admission`]
+//! (CONNECT to CONNACK), this file (the event loop and packet dispatch),
+//! [`inbound`] (PUBLISH to acknowledgement), [`outbound`] (session queue to
+//! the wire), [`subscriptions`] and [`teardown`].
+
+mod admission;
+mod close;
+mod inbound;
+mod outbound;
+mod subscriptions;
+mod teardown;
+
+pub(crate) use admission::refuse_server_unavailable;
+pub(crate) use close::CloseReason;
+
+use crate::codec::{self, *};
+use crate::io::{Io, IoEvent};
+use crate::server::HandshakeGuard;
+use crate::session::Session;
+use crate::Shared;
+use admission::{read_connect, refuse_bad_connect, Will};
+use bytes::BytesMut;
+use futures::stream::{FuturesOrdered, StreamExt};
+use inbound::{PendingAck, Settled};
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tracing::{debug, info, warn};
+
+enum Event {
+    Shutdown,
+    Wake,
+    Io(std::io::Result<IoEvent>),
+    UplinkDone((u16, QoS, Settled)),
+    Permit(OwnedSemaphorePermit),
+    KeepaliveCheck,
+}
+
+/// Serves one accepted connection until it closes.
+pub(crate) async fn serve<S>(shared: Arc<Shared>, stream: S, mut handshake: HandshakeGuard)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut io = Io::new(stream);
+    let max_packet = shared.config.max_packet_size as usize;
+    let connect = tokio::time::timeout(
+        shared.config.connect_timeout,
+        read_connect(&mut io, max_packet),
+    )
+    .await;
+    let (version, packet) = match connect {
+        Ok(Ok(Some(found))) => found,
+        Ok(Ok(None)) => return,
+        Ok(Err(error)) => {
+            refuse_bad_connect(&shared, &mut io, error).await;
+            return;
+        }
+        Err(_) => {
+            shared
+                .metrics
+                .protocol_errors
+                .with_label_values(&["connect_timeout"])
+                .inc();
+            debug!("no CONNECT within the connect timeout");
+            return;
+        }
+    };
+    let Packet::Connect(connect, will, login) = packet else {
+        shared
+            .metrics
+            .protocol_errors
+            .with_label_values(&["not_connect"])
+            .inc();
+        return;
+    };
+    let generation = shared.registry.next_generation();
+    let Some(mut conn) =
+        Connection::accept(&shared, &mut io, version, generation, connect, will, login).await
+    else {
+        let _ = io.flush().await;
+        return;
+    };
+    handshake.release();
+    let reason = conn.run(&mut io).await;
+    if let Some(code) = reason
+        .disconnect_code()
+        .filter(|_| version == ProtocolVersion::V5)
+    {
+        conn.send(&mut io.wbuf, &Packet::Disconnect(Disconnect::new(code)));
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), io.flush()).await;
+    io.shutdown().await;
+    conn.finish(reason);
+}
+
+struct Connection {
+    shared: Arc<Shared>,
+    session: Arc<Session>,
+    generation: u64,
+    version: ProtocolVersion,
+    wake: Arc<Notify>,
+    will: Option<Box<Will>>,
+    keepalive: Duration,
+    last_activity: Instant,
+    pending: FuturesOrdered<PendingAck>,
+    reserved: Option<OwnedSemaphorePermit>,
+    waiting_for_permit: bool,
+    outbound_limit: usize,
+    client_max_packet: usize,
+    revocation_epoch: u64,
+}
+
+impl Connection {
+    pub(super) fn client_id(&self) -> &str {
+        &self.session.client_id
+    }
+
+    pub(super) fn send(&self, out: &mut BytesMut, packet: &Packet) {
+        if let Err(error) = codec::write(self.version, packet, out) {
+            warn!(client_id = self.client_id(), %error, "could not encode packet");
+        }
+    }
+
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut Io<S>) -> CloseReason {
+        // Clients may send packets right behind CONNECT without waiting for
+        // the CONNACK; they are already buffered.
+        if let Err(reason) = self.process_input(io) {
+            return reason;
+        }
+        loop {
+            let can_read = self.pending.len()
+                < usize::from(self.shared.config.max_inflight_uplinks)
+                && !self.waiting_for_permit;
+            let keepalive_on = !self.keepalive.is_zero();
+            let deadline = tokio::time::Instant::from_std(self.last_activity + self.keepalive);
+            let event = tokio::select! {
+                biased;
+                _ = self.shared.shutdown.cancelled() => Event::Shutdown,
+                _ = self.wake.notified() => Event::Wake,
+                result = poll_fn(|cx| io.poll_io(cx, can_read)) => Event::Io(result),
+                Some(done) = self.pending.next(), if !self.pending.is_empty() => Event::UplinkDone(done),
+                Ok(permit) = self.shared.uplink_permits.clone().acquire_owned(), if self.waiting_for_permit => Event::Permit(permit),
+                _ = tokio::time::sleep_until(deadline), if keepalive_on => Event::KeepaliveCheck,
+            };
+            let outcome = match event {
+                Event::Shutdown => Err(CloseReason::ServerShutdown),
+                Event::Wake => self.on_wake(&mut io.wbuf),
+                Event::Io(Ok(IoEvent::Read)) => {
+                    self.last_activity = Instant::now();
+                    self.process_input(io)
+                }
+                Event::Io(Ok(IoEvent::Eof)) => Err(CloseReason::PeerClosed),
+                Event::Io(Ok(IoEvent::Flushed)) => {
+                    self.drain_session(&mut io.wbuf);
+                    Ok(())
+                }
+                Event::Io(Err(error)) => {
+                    debug!(client_id = self.client_id(), %error, "connection error");
+                    Err(CloseReason::IoError)
+                }
+                Event::UplinkDone((pkid, qos, settled)) => self
+                    .acknowledge(&mut io.wbuf, pkid, qos, settled)
+                    .and_then(|()| self.process_input(io)),
+                Event::Permit(permit) => {
+                    self.reserved = Some(permit);
+                    self.waiting_for_permit = false;
+                    self.process_input(io)
+                }
+                Event::KeepaliveCheck => {
+                    if !can_read {
+                        // Herald stopped reading (backpressure): the client's
+                        // PINGREQs may be waiting unread in the socket.
+                        self.last_activity = Instant::now();
+                        Ok(())
+                    } else if self.last_activity.elapsed() >= self.keepalive {
+                        Err(CloseReason::KeepaliveTimeout)
+                    } else {
+                        Ok(())
+                    }
+                }
+            };
+            if let Err(reason) = outcome {
+                return reason;
+            }
+        }
+    }
+
+    fn on_wake(&mut self, out: &mut BytesMut) -> Result<(), CloseReason> {
+        {
+            let state = self.session.lock();
+            let ours = state
+                .attachment
+                .as_ref()
+                .is_some_and(|a| a.generation == self.generation);
+            if !ours {
+                return Err(CloseReason::TakenOver);
+            }
+        }
+        let epoch = self.shared.revocation_epoch();
+        if epoch != self.revocation_epoch {
+            self.revocation_epoch = epoch;
+            if self.shared.auth.is_revoked(self.client_id()) {
+                return Err(CloseReason::Revoked);
+            }
+        }
+        self.drain_session(out);
+        Ok(())
+    }
+
+    pub(super) fn protocol_error(&self, what: &str) -> CloseReason {
+        self.shared
+            .metrics
+            .protocol_errors
+            .with_label_values(&["protocol"])
+            .inc();
+        info!(
+            client_id = self.client_id(),
+            what, "closing connection on protocol error"
+        );
+        CloseReason::ProtocolError
+    }
+
+    fn handle(&mut self, out: &mut BytesMut, packet: Packet) -> Result<(), CloseReason> {
+        match packet {
+            Packet::Publish(publish) => self.on_publish(out, publish),
+            Packet::PubAck(ack) => {
+                self.complete_outbound(ack.pkid, QoS::AtLeastOnce);
+                self.drain_session(out);
+                Ok(())
+            }
+            Packet::PubRec(rec) => {
+                self.on_pubrec(out, rec);
+                Ok(())
+            }
+            Packet::PubComp(comp) => {
+                self.complete_outbound(comp.pkid, QoS::ExactlyOnce);
+                self.drain_session(out);
+                Ok(())
+            }
+            Packet::PubRel(rel) => {
+                self.on_pubrel(out, rel);
+                Ok(())
+            }
+            Packet::Subscribe(subscribe) => {
+                self.on_subscribe(out, subscribe);
+                Ok(())
+            }
+            Packet::Unsubscribe(unsubscribe) => {
+                self.on_unsubscribe(out, unsubscribe);
+                Ok(())
+            }
+            Packet::PingReq(_) => {
+                self.send(out, &Packet::PingResp(PingResp));
+                Ok(())
+            }
+            Packet::Disconnect(disconnect) => {
+                if let Some(expiry) = disconnect
+                    .properties
+                    .as_ref()
+                    .and_then(|p| p.session_expiry_interval)
+                {
+                    let mut state = self.session.lock();
+                    state.expiry =
+                        Duration::from_secs(expiry.into()).min(self.shared.config.session_expiry);
+                }
+                Err(match disconnect.reason_code {
+                    DisconnectReasonCode::NormalDisconnection => CloseReason::Normal,
+                    DisconnectReasonCode::DisconnectWithWillMessage => CloseReason::NormalWithWill,
+                    _ => CloseReason::PeerClosed,
+                })
+            }
+            Packet::Connect(..) => Err(self.protocol_error("second CONNECT")),
+            Packet::Auth(_) => Err(self.protocol_error("AUTH is not supported")),
+            other => Err(self.protocol_error(&format!("unexpected {other:?}"))),
+        }
+    }
+}
