@@ -95,8 +95,15 @@ pub fn read(
                 })?;
                 return Ok(Some(Packet::Disconnect(Disconnect::new(code))));
             }
+            let buffered = buf.len();
             match Packet::read(buf, Some(max_size as u32)) {
                 Ok(packet) => Ok(Some(packet)),
+                // rumqttc also says "insufficient bytes" for a truncated
+                // property length inside a complete packet, after taking the
+                // packet out of `buf`: that packet is malformed.
+                Err(V5Error::InsufficientBytes(_)) if buf.len() != buffered => Err(
+                    CodecError::Malformed("truncated length inside the packet".into()),
+                ),
                 Err(V5Error::InsufficientBytes(_)) => Ok(None),
                 Err(V5Error::PayloadSizeLimitExceeded { pkt_size, .. }) => {
                     Err(CodecError::TooLarge {
@@ -386,6 +393,33 @@ mod tests {
             read(ProtocolVersion::V5, &mut empty_disconnect, 1024).unwrap(),
             Some(Packet::Disconnect(_))
         ));
+    }
+
+    #[test]
+    fn truncated_v5_property_length_is_malformed_not_incomplete() {
+        // Found by fuzz/ (mqtt_decode): complete packets whose property
+        // length varint stops at the end of the packet. rumqttc reports
+        // "insufficient bytes" after taking the packet out of the buffer, so
+        // this was Ok(None) ("wait for more") with the packet silently gone.
+        for bytes in [
+            &[0xB6u8, 0x03, 0x00, 0xFF, 0xFF, 0x0A][..], // UNSUBACK, then a byte
+            &[0x30, 0x04, 0x00, 0x01, b'a', 0xFF],       // PUBLISH "a", QoS 0
+        ] {
+            let mut buf = BytesMut::from(bytes);
+            assert!(
+                matches!(
+                    read(ProtocolVersion::V5, &mut buf, 1024),
+                    Err(CodecError::Malformed(_))
+                ),
+                "{bytes:02x?}"
+            );
+        }
+        // An incomplete packet still waits, and keeps its bytes.
+        let mut part = BytesMut::from(&[0x30u8, 0x04, 0x00, 0x01][..]);
+        assert!(read(ProtocolVersion::V5, &mut part, 1024)
+            .unwrap()
+            .is_none());
+        assert_eq!(part.len(), 4);
     }
 
     #[test]

@@ -46,13 +46,19 @@ pub struct BrokerConfig {
     /// Longest keepalive accepted; longer requests are lowered (MQTT 5 gets
     /// Server Keep Alive). 0 = no cap. Default 0.
     pub max_keepalive_secs: u16,
-    /// Whether retained messages are stored. Default true.
-    pub retain_available: bool,
+    /// Whether retained messages are stored. Default: `true` in open mode,
+    /// `false` in device mode, where uplinks exist to reach Kafka and a
+    /// retained uplink would be broker state that any device could grow.
+    pub retain_available: Option<bool>,
     /// How long shutdown waits for connections to close. Default 10s.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     /// Device authentication and topic ACL.
     pub auth: AuthConfig,
+    /// Limits on what one client may send or make the broker hold.
+    pub limits: LimitsConfig,
+    /// Connect-rate limiting and flapping detection.
+    pub admission: AdmissionConfig,
 }
 
 impl Default for BrokerConfig {
@@ -70,9 +76,107 @@ impl Default for BrokerConfig {
             max_queued_messages: 1000,
             session_expiry: Duration::from_secs(2 * 3600),
             max_keepalive_secs: 0,
-            retain_available: true,
+            retain_available: None,
             shutdown_grace: Duration::from_secs(10),
             auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            admission: AdmissionConfig::default(),
+        }
+    }
+}
+
+/// Limits on one client's input and on the state it makes the broker hold
+/// (`[broker.limits]`). Past each one the client gets the MQTT reason code
+/// (or, on MQTT 3.1.1 where there is none, its connection is closed), and
+/// `herald_limits_exceeded_total{limit}` counts it. docs/reliability.md lists
+/// them with the reason codes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Longest topic name or filter, in bytes. Default 1024.
+    pub max_topic_length: usize,
+    /// Most levels (`/`-separated parts) in a topic name or filter. Default 32.
+    pub max_topic_levels: usize,
+    /// Most subscriptions one session holds. Default 100.
+    pub max_subscriptions_per_session: usize,
+    /// Longest client id, in bytes. Default 128.
+    pub max_client_id_length: usize,
+    /// Most MQTT 5 user properties in one CONNECT, will or PUBLISH. Default 32.
+    pub max_user_properties: usize,
+    /// Largest first packet (CONNECT, will included) accepted before the
+    /// client is authenticated, in bytes (`max_packet_size` if that is
+    /// smaller). Default 16384.
+    pub max_connect_packet_size: u32,
+    /// QoS 2 messages received from one client and waiting for its PUBREL.
+    /// Default 100.
+    pub max_awaiting_pubrel: usize,
+    /// Most retained messages stored; past it a new retained topic is not
+    /// stored (its message is still delivered). Default 100000.
+    pub max_retained_messages: usize,
+    /// Most payload bytes of retained messages stored. Default 64 MiB.
+    pub max_retained_bytes: usize,
+    /// How long a retained message is kept at most (a shorter MQTT 5 message
+    /// expiry wins); 0 keeps it until it is cleared. Default 24h.
+    #[serde(with = "humantime_serde")]
+    pub retained_expiry: Duration,
+    /// Delayed wills (MQTT 5 Will Delay Interval) waiting at once across the
+    /// broker; past it a will is published without its delay. Default 10000.
+    pub max_delayed_wills: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_topic_length: 1024,
+            max_topic_levels: 32,
+            max_subscriptions_per_session: 100,
+            max_client_id_length: 128,
+            max_user_properties: 32,
+            max_connect_packet_size: 16 * 1024,
+            max_awaiting_pubrel: 100,
+            max_retained_messages: 100_000,
+            max_retained_bytes: 64 * 1024 * 1024,
+            retained_expiry: Duration::from_secs(24 * 3600),
+            max_delayed_wills: 10_000,
+        }
+    }
+}
+
+/// Admission control for reconnect storms (`[broker.admission]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdmissionConfig {
+    /// New connections accepted per second on each listener; past it a
+    /// connection is answered CONNACK 0x9F "connection rate exceeded" (MQTT
+    /// 3.1.1: "server unavailable"; TLS: closed before the handshake).
+    /// 0 = unlimited. Default 2000.
+    pub max_connect_rate: u32,
+    /// Connections a listener accepts in one burst above the rate. Default 2000.
+    pub connect_burst: u32,
+    /// Authenticated connects of one client id within `flapping_window`
+    /// that make it a flapping client; 0 turns detection off. Default 15.
+    pub flapping_max_connects: u32,
+    /// The window flapping is counted in. Default 1m.
+    #[serde(with = "humantime_serde")]
+    pub flapping_window: Duration,
+    /// How long a flapping client id is refused (CONNACK 0x8A "banned";
+    /// MQTT 3.1.1: "not authorized"). Default 5m.
+    #[serde(with = "humantime_serde")]
+    pub flapping_ban: Duration,
+    /// Client ids tracked for flapping at once; past it new ids are not
+    /// tracked until the sweep frees room. Default 1000000.
+    pub flapping_max_tracked: usize,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        Self {
+            max_connect_rate: 2000,
+            connect_burst: 2000,
+            flapping_max_connects: 15,
+            flapping_window: Duration::from_secs(60),
+            flapping_ban: Duration::from_secs(300),
+            flapping_max_tracked: 1_000_000,
         }
     }
 }
@@ -155,8 +259,61 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
 }
 
 impl BrokerConfig {
+    /// Largest first packet read before authentication, in bytes.
+    pub(crate) fn max_connect_packet(&self) -> usize {
+        self.limits
+            .max_connect_packet_size
+            .min(self.max_packet_size) as usize
+    }
+
+    /// Whether retained messages are stored (see `retain_available`).
+    pub fn retain_enabled(&self) -> bool {
+        self.retain_available
+            .unwrap_or(self.auth.mode == AuthMode::Open)
+    }
+
     /// Checks values that parse but cannot work together.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let limits = &self.limits;
+        if limits.max_topic_length == 0 || limits.max_topic_length > 65535 {
+            return Err(invalid(
+                "broker.limits.max_topic_length",
+                "must be between 1 and 65535 bytes",
+            ));
+        }
+        if limits.max_topic_levels == 0 || limits.max_topic_levels > 1024 {
+            return Err(invalid(
+                "broker.limits.max_topic_levels",
+                "must be between 1 and 1024",
+            ));
+        }
+        if limits.max_client_id_length == 0 || limits.max_client_id_length > 65535 {
+            return Err(invalid(
+                "broker.limits.max_client_id_length",
+                "must be between 1 and 65535 bytes",
+            ));
+        }
+        if limits.max_connect_packet_size < 64 {
+            return Err(invalid(
+                "broker.limits.max_connect_packet_size",
+                "must be at least 64 bytes",
+            ));
+        }
+        let admission = &self.admission;
+        if admission.max_connect_rate > 0 && admission.connect_burst == 0 {
+            return Err(invalid(
+                "broker.admission.connect_burst",
+                "must be at least 1 when max_connect_rate is set",
+            ));
+        }
+        if admission.flapping_max_connects > 0
+            && (admission.flapping_window.is_zero() || admission.flapping_ban.is_zero())
+        {
+            return Err(invalid(
+                "broker.admission.flapping_window",
+                "flapping_window and flapping_ban must be positive when flapping_max_connects is set",
+            ));
+        }
         if self.max_packet_size < 64 {
             return Err(invalid(
                 "broker.max_packet_size",

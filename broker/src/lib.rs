@@ -24,15 +24,20 @@ mod config;
 mod connection;
 mod downlink;
 mod events;
+mod flapping;
 mod io;
 mod metrics;
+mod retained;
 mod router;
 mod server;
 mod session;
 mod sink;
 mod topic;
+mod wills;
 
-pub use config::{AuthConfig, AuthMode, BrokerConfig, ConfigError, TlsConfig};
+pub use config::{
+    AdmissionConfig, AuthConfig, AuthMode, BrokerConfig, ConfigError, LimitsConfig, TlsConfig,
+};
 pub use downlink::{DeliveryOutcome, DeliveryTicket, Downlink, DownlinkRefusal};
 pub use events::{DisconnectReason, NoSessionEvents, SessionEvents};
 pub use server::{Broker, BrokerError};
@@ -41,13 +46,16 @@ pub use sink::{LocalOnly, Rejection, Uplink, UplinkAck, UplinkError, UplinkSink}
 use auth::Authenticator;
 use codec::QoS;
 use downlink::{DownlinkTag, Mailbox};
+use flapping::FlappingDetector;
 use metrics::Metrics;
+use retained::RetainedStore;
 use router::Router;
 use session::{Message, Offer, Queued, Registry, Session};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use wills::DelayedWills;
 
 /// State shared by every connection task.
 pub(crate) struct Shared {
@@ -55,6 +63,9 @@ pub(crate) struct Shared {
     auth: Authenticator,
     registry: Registry,
     router: Router,
+    retained: RetainedStore,
+    wills: DelayedWills,
+    flapping: FlappingDetector,
     sink: Arc<dyn UplinkSink>,
     events: Arc<dyn SessionEvents>,
     mailbox: Mailbox,
@@ -108,7 +119,7 @@ impl BrokerHandle {
         if shared.auth.is_revoked(&device_id) {
             return refused(DownlinkRefusal::Revoked);
         }
-        if !topic::valid_topic_name(&downlink.topic)
+        if topic::check_name(&downlink.topic, &shared.config.limits).is_err()
             || !shared.auth.is_downlink_topic(&device_id, &downlink.topic)
         {
             return refused(DownlinkRefusal::TopicOutsideNamespace);
@@ -190,8 +201,13 @@ impl Shared {
 
     /// Delivers a message to the local subscribers of `topic` and keeps it if retained.
     fn route(&self, from: Option<&Arc<Session>>, topic: &str, message: &Message, qos: QoS) {
-        if message.retain && self.config.retain_available {
-            self.router.retain(topic, message);
+        if message.retain && self.config.retain_enabled() {
+            if let Err(refused) = self.retained.retain(topic, message) {
+                self.metrics
+                    .limits_exceeded
+                    .with_label_values(&[refused.as_label()])
+                    .inc();
+            }
         }
         let mut targets = Vec::new();
         self.router.matches(topic, &mut targets);

@@ -2,12 +2,12 @@
 //!
 //! Exact subscriptions live in a hash map (one lookup per publish); only
 //! filters with `+` or `#` go into a trie, walked level by level, so a
-//! publish costs O(levels) however many devices are subscribed. Retained
-//! messages are kept here too.
+//! publish costs O(levels) however many devices are subscribed. Filters
+//! reach the router only through `topic::check_filter`, so the trie's depth,
+//! and the recursion that walks it, are bounded by `max_topic_levels`.
 
 use crate::codec::QoS;
-use crate::session::{Message, Queued, Session, SubOptions};
-use crate::topic::filter_matches;
+use crate::session::{Session, SubOptions};
 use dashmap::DashMap;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -38,7 +38,6 @@ impl Node {
 pub(crate) struct Router {
     exact: DashMap<Box<str>, Vec<Subscriber>>,
     wildcard: RwLock<Node>,
-    retained: DashMap<Box<str>, Message>,
 }
 
 fn is_wildcard(filter: &str) -> bool {
@@ -156,40 +155,6 @@ impl Router {
             });
         }
     }
-
-    /// Stores (or with an empty payload, clears) the retained message of a topic.
-    pub fn retain(&self, topic: &str, message: &Message) {
-        if message.payload.is_empty() {
-            self.retained.remove(topic);
-        } else {
-            let mut stored = message.clone();
-            stored.retain = true;
-            self.retained.insert(topic.into(), stored);
-        }
-    }
-
-    /// Retained messages matching `filter`, to send after a SUBACK.
-    pub fn retained_for(&self, filter: &str, qos: QoS) -> Vec<Queued> {
-        let to_queued = |message: &Message| Queued {
-            message: message.clone(),
-            qos,
-            retain: true,
-            downlink: None,
-        };
-        if !is_wildcard(filter) {
-            return self
-                .retained
-                .get(filter)
-                .map(|m| to_queued(&m))
-                .into_iter()
-                .collect();
-        }
-        self.retained
-            .iter()
-            .filter(|entry| filter_matches(filter, entry.key()))
-            .map(|entry| to_queued(entry.value()))
-            .collect()
-    }
 }
 
 fn collect(node: &Node, levels: &[&str], system: bool, out: &mut Vec<(Arc<Session>, SubOptions)>) {
@@ -228,7 +193,6 @@ impl MaxQos for QoS {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     fn opts(qos: QoS) -> SubOptions {
         SubOptions {
@@ -275,22 +239,5 @@ mod tests {
             router.wildcard.read().unwrap().is_empty(),
             "empty trie branches are pruned"
         );
-    }
-
-    #[test]
-    fn retained_store() {
-        let router = Router::default();
-        let msg = |p: &'static [u8]| Message {
-            topic: Bytes::new(),
-            payload: Bytes::from_static(p),
-            retain: true,
-            properties: None,
-        };
-        router.retain("a/b", &msg(b"1"));
-        router.retain("a/c", &msg(b"2"));
-        assert_eq!(router.retained_for("a/+", QoS::AtLeastOnce).len(), 2);
-        assert_eq!(router.retained_for("a/b", QoS::AtLeastOnce).len(), 1);
-        router.retain("a/b", &msg(b""));
-        assert_eq!(router.retained_for("#", QoS::AtMostOnce).len(), 1);
     }
 }

@@ -3,9 +3,14 @@
 
 use crate::config::{BrokerConfig, ConfigError, TlsConfig};
 use crate::connection;
-use crate::{Authenticator, BrokerHandle, BrokerHooks, Metrics, Registry, Router, Shared};
+use crate::{
+    Authenticator, BrokerHandle, BrokerHooks, DelayedWills, FlappingDetector, Metrics, Registry,
+    RetainedStore, Router, Shared,
+};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::io;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -64,12 +69,17 @@ impl Broker {
         };
         let tls_local_addr = tls_listener.as_ref().and_then(|l| l.local_addr().ok());
 
+        let retained = RetainedStore::new(&config.limits);
+        let flapping = FlappingDetector::new(&config.admission);
         let shared = Arc::new(Shared {
             uplink_permits: Arc::new(Semaphore::new(config.max_inflight_uplinks_total)),
             config,
             auth,
             registry: Registry::default(),
             router: Router::default(),
+            retained,
+            wills: DelayedWills::default(),
+            flapping,
             sink: hooks.uplinks,
             events: hooks.session_events,
             mailbox: Default::default(),
@@ -250,6 +260,7 @@ async fn accept_loop(
     // Sockets accepted but not yet through CONNECT, or being refused.
     let handshaking = Arc::new(AtomicUsize::new(0));
     let mut last_fd_warning: Option<Instant> = None;
+    let rate_limit = connect_rate_limiter(&shared.config);
     loop {
         let accepted = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
@@ -270,20 +281,31 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let busy = shared.connected.load(Ordering::Relaxed) + handshaking.load(Ordering::Relaxed);
         let shared_conn = shared.clone();
-        if busy >= shared.max_connections {
+        let over_rate = rate_limit.as_ref().is_some_and(|l| l.check().is_err());
+        let refusal = if over_rate {
+            Some(connection::Unadmitted::RateExceeded)
+        } else if busy >= shared.max_connections {
+            Some(connection::Unadmitted::ServerFull)
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
             // Refusals are cheap but still take a descriptor: cap them.
-            if handshaking.load(Ordering::Relaxed) > shared.config.fd_reserve / 2 {
+            // A TLS refusal would cost the handshake it is meant to spare.
+            if handshaking.load(Ordering::Relaxed) > shared.config.fd_reserve / 2
+                || (over_rate && tls.is_some())
+            {
                 shared
                     .metrics
                     .connects
-                    .with_label_values(&["dropped"])
+                    .with_label_values(&[refusal.dropped_label()])
                     .inc();
                 continue;
             }
             let guard = HandshakeGuard::new(&handshaking);
             tracker.spawn(async move {
                 let _guard = guard;
-                connection::refuse_server_unavailable(shared_conn, stream).await;
+                connection::refuse_unadmitted(shared_conn, stream, refusal).await;
             });
             continue;
         }
@@ -324,6 +346,15 @@ async fn accept_loop(
     }
 }
 
+/// The token bucket of one listener's connect rate, if one is set.
+fn connect_rate_limiter(config: &BrokerConfig) -> Option<DefaultDirectRateLimiter> {
+    let rate = NonZeroU32::new(config.admission.max_connect_rate)?;
+    let burst = NonZeroU32::new(config.admission.connect_burst).unwrap_or(rate);
+    Some(RateLimiter::direct(
+        Quota::per_second(rate).allow_burst(burst),
+    ))
+}
+
 /// Counts a socket as handshaking until CONNECT is through (or it closed).
 pub(crate) struct HandshakeGuard(Option<Arc<AtomicUsize>>);
 
@@ -355,6 +386,8 @@ async fn sweep_sessions(shared: Arc<Shared>) {
             _ = tick.tick() => {}
         }
         shared.mailbox.sweep(Instant::now());
+        shared.retained.sweep(Instant::now());
+        shared.flapping.sweep(Instant::now());
         let expired = shared.registry.sweep_expired(Instant::now());
         for session in &expired {
             shared.router.remove_session(session);

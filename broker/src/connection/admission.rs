@@ -7,7 +7,7 @@ use crate::codec::{self, *};
 use crate::events::DisconnectReason;
 use crate::io::Io;
 use crate::session::{Attached, Message};
-use crate::topic::valid_topic_name;
+use crate::topic::check_name;
 use crate::Shared;
 use futures::stream::FuturesOrdered;
 use std::sync::Arc;
@@ -60,6 +60,23 @@ pub(super) async fn refuse_bad_connect<S: AsyncRead + AsyncWrite + Unpin>(
         .inc();
     shared.metrics.connects.with_label_values(&[kind]).inc();
     debug!(%error, "refused connection before CONNECT");
+    if let CodecError::TooLarge { .. } = error {
+        shared
+            .metrics
+            .limits_exceeded
+            .with_label_values(&["connect_packet_size"])
+            .inc();
+        // The CONNECT's header was read, so its version is known.
+        if let Ok(Some(ProtocolVersion::V5)) = codec::sniff_protocol(&io.rbuf) {
+            let ack = ConnAck {
+                session_present: false,
+                code: ConnectReturnCode::PacketTooLarge,
+                properties: None,
+            };
+            let _ = codec::write(ProtocolVersion::V5, &Packet::ConnAck(ack), &mut io.wbuf);
+            let _ = io.flush().await;
+        }
+    }
     if let CodecError::UnsupportedProtocol(_) = error {
         // A 3.1.1 CONNACK is what older clients understand (MQTT 5 §4.13).
         let ack = ConnAck {
@@ -72,26 +89,57 @@ pub(super) async fn refuse_bad_connect<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Answers a connection the broker has no room for with CONNACK
-/// "server unavailable", so the client backs off instead of seeing a reset.
-pub(crate) async fn refuse_server_unavailable<S>(shared: Arc<Shared>, stream: S)
+/// Why the listener does not admit a new connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Unadmitted {
+    /// At the connection limit.
+    ServerFull,
+    /// Over the listener's connect rate.
+    RateExceeded,
+}
+
+impl Unadmitted {
+    fn label(self) -> &'static str {
+        match self {
+            Self::ServerFull => "server_unavailable",
+            Self::RateExceeded => "rate_limited",
+        }
+    }
+
+    /// The `result` label when the socket is closed without an answer.
+    pub(crate) fn dropped_label(self) -> &'static str {
+        match self {
+            Self::ServerFull => "dropped",
+            Self::RateExceeded => "rate_limited_dropped",
+        }
+    }
+}
+
+/// Answers a connection the listener does not admit with a CONNACK that
+/// says why ("server unavailable", or MQTT 5's "connection rate exceeded"),
+/// so the client backs off instead of seeing a reset.
+pub(crate) async fn refuse_unadmitted<S>(shared: Arc<Shared>, stream: S, why: Unadmitted)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     shared
         .metrics
         .connects
-        .with_label_values(&["server_unavailable"])
+        .with_label_values(&[why.label()])
         .inc();
     let mut io = Io::new(stream);
-    let max_packet = shared.config.max_packet_size as usize;
+    let max_packet = shared.config.max_connect_packet();
     let deadline = Duration::from_secs(2);
     if let Ok(Ok(Some((version, _)))) =
         tokio::time::timeout(deadline, read_connect(&mut io, max_packet)).await
     {
         let ack = ConnAck {
             session_present: false,
-            code: ConnectReturnCode::ServerUnavailable,
+            code: match why {
+                Unadmitted::ServerFull => ConnectReturnCode::ServerUnavailable,
+                // 3.1.1 clients get "server unavailable" (codec).
+                Unadmitted::RateExceeded => ConnectReturnCode::ConnectionRateExceeded,
+            },
             properties: None,
         };
         let _ = codec::write(version, &Packet::ConnAck(ack), &mut io.wbuf);
@@ -121,10 +169,37 @@ impl Connection {
             let _ = codec::write(version, &Packet::ConnAck(ack), &mut io.wbuf);
         };
 
+        let limits = &config.limits;
+        let over_limit = |io: &mut Io<S>, limit: &str, code: ConnectReturnCode| {
+            metrics.limits_exceeded.with_label_values(&[limit]).inc();
+            refuse(io, code, "limit_exceeded");
+        };
         let mut client_id = connect.client_id;
         let mut assigned_id = false;
         let props = connect.properties.unwrap_or_default();
         let clean_start = connect.clean_start;
+        if client_id.len() > limits.max_client_id_length {
+            over_limit(
+                io,
+                "client_id_length",
+                ConnectReturnCode::ClientIdentifierNotValid,
+            );
+            return None;
+        }
+        let will_properties = will
+            .as_ref()
+            .and_then(|w| w.properties.as_ref())
+            .map_or(0, |p| p.user_properties.len());
+        if props.user_properties.len().max(will_properties) > limits.max_user_properties {
+            over_limit(io, "user_properties", ConnectReturnCode::QuotaExceeded);
+            return None;
+        }
+        let now = Instant::now();
+        // Before the password check: a banned client costs no HMAC.
+        if shared.flapping.is_banned(&client_id, now) {
+            refuse(io, ConnectReturnCode::Banned, "banned");
+            return None;
+        }
         if client_id.is_empty() {
             // MQTT lets the server name a client that sends no id, but a
             // device must say who it is.
@@ -161,16 +236,36 @@ impl Connection {
             refuse(io, code, result);
             return None;
         }
+        if shared.flapping.record_connect(&client_id, now) {
+            metrics
+                .limits_exceeded
+                .with_label_values(&["flapping"])
+                .inc();
+            info!(
+                client_id = %client_id,
+                ban = ?config.admission.flapping_ban,
+                "client reconnects too often; refusing it for a while"
+            );
+            refuse(io, ConnectReturnCode::Banned, "banned");
+            return None;
+        }
         let will = match will {
             None => None,
             Some(w) => {
-                let topic = std::str::from_utf8(&w.topic)
-                    .ok()
-                    .filter(|t| valid_topic_name(t));
-                let Some(topic) = topic else {
+                let Ok(topic) = std::str::from_utf8(&w.topic) else {
                     refuse(io, ConnectReturnCode::TopicNameInvalid, "will_invalid");
                     return None;
                 };
+                match check_name(topic, limits) {
+                    Ok(()) => {}
+                    Err(error) => {
+                        if let Some(limit) = error.limit_label() {
+                            metrics.limits_exceeded.with_label_values(&[limit]).inc();
+                        }
+                        refuse(io, ConnectReturnCode::TopicNameInvalid, "will_invalid");
+                        return None;
+                    }
+                }
                 if !shared.auth.may_publish(&client_id, topic) {
                     metrics.acl_denied.with_label_values(&["will"]).inc();
                     refuse(io, ConnectReturnCode::NotAuthorized, "not_authorized");
@@ -248,6 +343,8 @@ impl Connection {
         if !present {
             metrics.sessions.inc();
         }
+        // Back before its will's delay passed: the will is not published.
+        shared.wills.cancel(&client_id);
         shared
             .connected
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -285,12 +382,13 @@ impl Connection {
             ),
             client_max_packet: props.max_packet_size.map_or(usize::MAX, |m| m as usize),
             revocation_epoch: shared.revocation_epoch(),
+            log_gate: super::log_gate::LogGate::new(),
         };
         let properties = (version == ProtocolVersion::V5).then(|| ConnAckProperties {
             session_expiry_interval: expiry_capped.then(|| expiry.as_secs() as u32),
             receive_max: Some(config.max_inflight_uplinks),
             max_qos: None,
-            retain_available: Some(u8::from(config.retain_available)),
+            retain_available: Some(u8::from(config.retain_enabled())),
             max_packet_size: Some(config.max_packet_size),
             assigned_client_identifier: assigned_id.then(|| client_id.clone()),
             topic_alias_max: None,

@@ -2,13 +2,14 @@
 //! bookkeeping and the sink, and their acknowledgements, sent in the order
 //! the PUBLISHes came in and never a success the sink did not confirm.
 
+use super::log_gate::{clip, gated_info};
 use super::{CloseReason, Connection};
 use crate::codec::{self, *};
 use crate::io::Io;
 use crate::metrics::qos_label;
 use crate::session::Message;
 use crate::sink::{Rejection, Uplink, UplinkAck, UplinkError};
-use crate::topic::valid_topic_name;
+use crate::topic::{check_name, TopicError};
 use bytes::BytesMut;
 use std::future::Future;
 use std::pin::Pin;
@@ -17,7 +18,7 @@ use std::task::{Context, Poll};
 use std::time::SystemTime;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 /// How an inbound PUBLISH ends up, decided when its acknowledgement is due.
 pub(super) enum Settled {
@@ -34,6 +35,10 @@ pub(super) enum Refusal {
     NotAuthorized,
     /// In device mode, no uplink rule takes the topic.
     NoRoute,
+    /// The topic name is over a length or level limit.
+    TopicLimit,
+    /// Over a per-client quota (user properties, QoS 2 backlog).
+    Quota,
 }
 
 /// A PUBLISH whose acknowledgement waits: for the sink, or for earlier
@@ -111,7 +116,7 @@ impl Connection {
                         .protocol_errors
                         .with_label_values(&[kind])
                         .inc();
-                    info!(client_id = self.client_id(), %error, "closing connection on bad packet");
+                    gated_info!(self, %error, "closing connection on bad packet");
                     return Err(reason);
                 }
             }
@@ -146,35 +151,80 @@ impl Connection {
             .messages_received
             .with_label_values(&[qos_label(publish.qos)])
             .inc();
-        let Some(topic) = std::str::from_utf8(&publish.topic)
-            .ok()
-            .filter(|t| valid_topic_name(t))
-            .map(Arc::<str>::from)
-        else {
-            // Also an empty topic with a topic alias: none are granted.
-            metrics
-                .protocol_errors
-                .with_label_values(&["topic_invalid"])
-                .inc();
-            info!(
-                client_id = self.client_id(),
-                "closing connection on invalid topic name"
-            );
-            return Err(CloseReason::ProtocolError);
-        };
         let (pkid, qos) = (publish.pkid, publish.qos);
+        let limits = &self.shared.config.limits;
+        let checked = std::str::from_utf8(&publish.topic)
+            .map_err(|_| TopicError::Invalid)
+            .and_then(|t| check_name(t, limits).map(|()| t));
+        let topic = match checked {
+            Ok(topic) => Arc::<str>::from(topic),
+            Err(TopicError::Invalid) => {
+                // Also an empty topic with a topic alias: none are granted.
+                metrics
+                    .protocol_errors
+                    .with_label_values(&["topic_invalid"])
+                    .inc();
+                gated_info!(self, "closing connection on invalid topic name");
+                return Err(CloseReason::ProtocolError);
+            }
+            Err(error) => {
+                let limit = error.limit_label().unwrap_or("topic");
+                metrics.limits_exceeded.with_label_values(&[limit]).inc();
+                gated_info!(self, limit, "publish over a topic limit refused");
+                return self.settle(out, pkid, qos, Settled::Refused(Refusal::TopicLimit));
+            }
+        };
+        let user_properties = publish
+            .properties
+            .as_ref()
+            .map_or(0, |p| p.user_properties.len());
+        if user_properties > limits.max_user_properties {
+            metrics
+                .limits_exceeded
+                .with_label_values(&["user_properties"])
+                .inc();
+            gated_info!(
+                self,
+                user_properties,
+                "publish with too many user properties refused"
+            );
+            return self.settle(out, pkid, qos, Settled::Refused(Refusal::Quota));
+        }
         if !self.shared.auth.may_publish(self.client_id(), &topic) {
             metrics.acl_denied.with_label_values(&["publish"]).inc();
-            info!(
-                client_id = self.client_id(),
-                topic = &*topic,
+            gated_info!(
+                self,
+                topic = clip(&topic, 128),
                 "publish outside the device's namespace refused"
             );
             return self.settle(out, pkid, qos, Settled::Refused(Refusal::NotAuthorized));
         }
-        if qos == QoS::ExactlyOnce && self.session.lock().incoming_qos2.contains(&pkid) {
-            // A retransmission of a message the sink already confirmed.
-            return self.settle(out, pkid, qos, Settled::Accepted);
+        if qos == QoS::ExactlyOnce {
+            let awaiting = {
+                let state = self.session.lock();
+                if state.incoming_qos2.contains(&pkid) {
+                    None
+                } else {
+                    Some(state.incoming_qos2.len())
+                }
+            };
+            match awaiting {
+                // A retransmission of a message the sink already confirmed.
+                None => return self.settle(out, pkid, qos, Settled::Accepted),
+                Some(n) if n >= limits.max_awaiting_pubrel => {
+                    metrics
+                        .limits_exceeded
+                        .with_label_values(&["awaiting_pubrel"])
+                        .inc();
+                    gated_info!(
+                        self,
+                        awaiting = n,
+                        "QoS 2 publish over the PUBREL backlog refused"
+                    );
+                    return self.settle(out, pkid, qos, Settled::Refused(Refusal::Quota));
+                }
+                Some(_) => {}
+            }
         }
         let wanted = self.shared.sink.wants(&topic);
         if !wanted && !self.shared.auth.is_open() {
@@ -184,9 +234,9 @@ impl Connection {
                 .messages_dropped
                 .with_label_values(&["no_uplink_rule"])
                 .inc();
-            info!(
-                client_id = self.client_id(),
-                topic = &*topic,
+            gated_info!(
+                self,
+                topic = clip(&topic, 128),
                 "no uplink rule for this topic; refused"
             );
             return self.settle(out, pkid, qos, Settled::Refused(Refusal::NoRoute));
@@ -279,7 +329,12 @@ impl Connection {
         let (ack_reason, rec_reason) = match settled {
             Settled::Accepted => {
                 if qos == QoS::ExactlyOnce {
-                    self.session.lock().incoming_qos2.push(pkid);
+                    // Once per id: a retransmission before the first PUBREC
+                    // must not grow the list.
+                    let mut state = self.session.lock();
+                    if !state.incoming_qos2.contains(&pkid) {
+                        state.incoming_qos2.push(pkid);
+                    }
                 }
                 (PubAckReason::Success, PubRecReason::Success)
             }
@@ -332,10 +387,11 @@ impl Connection {
                     Refusal::NotAuthorized => {
                         (PubAckReason::NotAuthorized, PubRecReason::NotAuthorized)
                     }
-                    Refusal::NoRoute => (
+                    Refusal::NoRoute | Refusal::TopicLimit => (
                         PubAckReason::TopicNameInvalid,
                         PubRecReason::TopicNameInvalid,
                     ),
+                    Refusal::Quota => (PubAckReason::QuotaExceeded, PubRecReason::QuotaExceeded),
                 }
             }
         };

@@ -13,11 +13,12 @@
 mod admission;
 mod close;
 mod inbound;
+mod log_gate;
 mod outbound;
 mod subscriptions;
 mod teardown;
 
-pub(crate) use admission::refuse_server_unavailable;
+pub(crate) use admission::{refuse_unadmitted, Unadmitted};
 pub(crate) use close::CloseReason;
 
 use crate::codec::{self, *};
@@ -51,7 +52,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let mut io = Io::new(stream);
-    let max_packet = shared.config.max_packet_size as usize;
+    // Until the client is authenticated it gets the small first-packet limit.
+    let max_packet = shared.config.max_connect_packet();
     let connect = tokio::time::timeout(
         shared.config.connect_timeout,
         read_connect(&mut io, max_packet),
@@ -117,6 +119,7 @@ struct Connection {
     outbound_limit: usize,
     client_max_packet: usize,
     revocation_epoch: u64,
+    log_gate: log_gate::LogGate,
 }
 
 impl Connection {

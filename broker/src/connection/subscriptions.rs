@@ -1,12 +1,12 @@
 //! SUBSCRIBE and UNSUBSCRIBE: validation, the ACL, the session's
 //! subscription list, the router, and retained messages after the SUBACK.
 
+use super::log_gate::{clip, gated_info};
 use super::Connection;
 use crate::codec::*;
 use crate::session::SubOptions;
-use crate::topic::valid_topic_filter;
+use crate::topic::check_filter;
 use bytes::BytesMut;
-use tracing::info;
 
 impl Connection {
     pub(super) fn on_subscribe(&mut self, out: &mut BytesMut, subscribe: Subscribe) {
@@ -14,7 +14,20 @@ impl Connection {
         let mut retained = Vec::new();
         for filter in subscribe.filters {
             let path = filter.path.as_str();
-            let code = if !valid_topic_filter(path) {
+            let checked = check_filter(path, &self.shared.config.limits);
+            let code = if let Err(error) = checked {
+                if let Some(limit) = error.limit_label() {
+                    self.shared
+                        .metrics
+                        .limits_exceeded
+                        .with_label_values(&[limit])
+                        .inc();
+                    gated_info!(
+                        self,
+                        limit,
+                        "subscription over a topic filter limit refused"
+                    );
+                }
                 SubscribeReasonCode::TopicFilterInvalid
             } else if path.starts_with("$share/") {
                 SubscribeReasonCode::SharedSubscriptionsNotSupported
@@ -24,9 +37,9 @@ impl Connection {
                     .acl_denied
                     .with_label_values(&["subscribe"])
                     .inc();
-                info!(
-                    client_id = self.client_id(),
-                    filter = path,
+                gated_info!(
+                    self,
+                    filter = clip(path, 128),
                     "subscription outside the device's namespace refused"
                 );
                 SubscribeReasonCode::NotAuthorized
@@ -36,18 +49,35 @@ impl Connection {
                     no_local: filter.nolocal,
                     retain_as_published: filter.preserve_retain,
                 };
+                let max_subscriptions = self.shared.config.limits.max_subscriptions_per_session;
                 let existed = {
                     let mut state = self.session.lock();
+                    let count = state.subscriptions.len();
                     match state.subscriptions.iter_mut().find(|(f, _)| &**f == path) {
                         Some(entry) => {
                             entry.1 = options;
-                            true
+                            Some(true)
                         }
+                        None if count >= max_subscriptions => None,
                         None => {
                             state.subscriptions.push((path.into(), options));
-                            false
+                            Some(false)
                         }
                     }
+                };
+                let Some(existed) = existed else {
+                    self.shared
+                        .metrics
+                        .limits_exceeded
+                        .with_label_values(&["subscriptions"])
+                        .inc();
+                    gated_info!(
+                        self,
+                        max_subscriptions,
+                        "subscription over the session's limit refused"
+                    );
+                    codes.push(SubscribeReasonCode::QuotaExceeded);
+                    continue;
                 };
                 self.shared.router.subscribe(path, &self.session, options);
                 let send_retained = match filter.retain_forward_rule {
@@ -55,8 +85,14 @@ impl Connection {
                     RetainForwardRule::OnNewSubscribe => !existed,
                     RetainForwardRule::Never => false,
                 };
-                if send_retained {
-                    retained.extend(self.shared.router.retained_for(path, filter.qos));
+                // More than the queue holds would only be dropped again.
+                let room = self
+                    .shared
+                    .config
+                    .max_queued_messages
+                    .saturating_sub(retained.len());
+                if send_retained && room > 0 {
+                    retained.extend(self.shared.retained.matching(path, filter.qos, room));
                 }
                 SubscribeReasonCode::Success(filter.qos)
             };

@@ -45,20 +45,34 @@ impl Connection {
         };
         let session_expiry = self.session.lock().expiry;
         let delay = will.delay.min(session_expiry);
-        if delay.is_zero() {
+        if reason == CloseReason::TakenOver && !delay.is_zero() {
+            return; // the client is back before the will delay passed
+        }
+        let room = shared.wills.len() < shared.config.limits.max_delayed_wills;
+        if !delay.is_zero() && !room {
+            shared
+                .metrics
+                .limits_exceeded
+                .with_label_values(&["delayed_wills"])
+                .inc();
+        }
+        if delay.is_zero() || !room {
             shared.publish_will(&self.session, &will.topic, &will.message, will.qos);
             return;
-        }
-        if reason == CloseReason::TakenOver {
-            return; // the client is back before the will delay passed
         }
         let shared = shared.clone();
         let session = self.session.clone();
         let generation = self.generation;
+        let cancelled = shared.wills.track(session.client_id.clone(), generation);
         tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let reconnected = session.lock().last_generation != generation;
-            if !reconnected {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                // Reconnected, or a newer will replaced this one.
+                _ = cancelled.cancelled() => return,
+                // Wills are not published on shutdown.
+                _ = shared.shutdown.cancelled() => return,
+            }
+            if shared.wills.take_due(&session.client_id, generation) {
                 shared.publish_will(&session, &will.topic, &will.message, will.qos);
             }
         });
