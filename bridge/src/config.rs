@@ -29,6 +29,15 @@ pub struct KafkaConfig {
     /// Extra librdkafka consumer properties for the downlink consumer, passed
     /// through (e.g. security settings). Default: empty.
     pub consumer_options: BTreeMap<String, String>,
+    /// Where uplinks Kafka refuses for good (too large, invalid, not
+    /// authorized) are kept, keyed by device id, with the reason in a header;
+    /// the device then gets its PUBACK (MQTT 5: with the reason code).
+    /// Default `herald.uplink.dead-letters`.
+    pub dead_letter_topic: String,
+    /// Largest payload a dead letter carries, in bytes: longer payloads are
+    /// truncated (the `herald-original-size` header keeps the real size).
+    /// MQTT 5 user properties are kept up to the same total. Default 65536.
+    pub dead_letter_max_payload: usize,
     /// Commands from Kafka to devices.
     pub downlink: DownlinkConfig,
     /// Device presence events.
@@ -56,6 +65,11 @@ pub struct DownlinkConfig {
     /// Expiry of commands that carry none (expires_at_ms = 0). Default 1h.
     #[serde(with = "humantime_serde")]
     pub default_ttl: Duration,
+    /// Receipts waiting in their producer's queue (their own queue, apart
+    /// from uplinks). Receipts are never dropped: past it, the command waits
+    /// for room, and consumption pauses once `max_inflight` commands wait.
+    /// Default 10000.
+    pub max_queued_receipts: usize,
 }
 
 impl Default for DownlinkConfig {
@@ -67,6 +81,7 @@ impl Default for DownlinkConfig {
             receipts_topic: "herald.receipts".into(),
             max_inflight: 100_000,
             default_ttl: Duration::from_secs(3600),
+            max_queued_receipts: 10_000,
         }
     }
 }
@@ -82,6 +97,11 @@ pub struct PresenceConfig {
     pub topic: String,
     /// This instance's name in presence events. Default: the host name.
     pub node: Option<String>,
+    /// Presence events waiting in their producer's queue (their own queue,
+    /// apart from uplinks). Past it, events are shed and counted in
+    /// `herald_presence_events_shed_total`, so connection churn during a
+    /// Kafka outage cannot grow memory or delay uplinks. Default 10000.
+    pub max_queued_events: usize,
 }
 
 impl Default for PresenceConfig {
@@ -90,6 +110,7 @@ impl Default for PresenceConfig {
             enabled: true,
             topic: "herald.presence".into(),
             node: None,
+            max_queued_events: 10_000,
         }
     }
 }
@@ -104,6 +125,8 @@ impl Default for KafkaConfig {
             uplink_rules: UplinkRule::defaults(),
             producer_options: BTreeMap::new(),
             consumer_options: BTreeMap::new(),
+            dead_letter_topic: "herald.uplink.dead-letters".into(),
+            dead_letter_max_payload: 64 * 1024,
             downlink: DownlinkConfig::default(),
             presence: PresenceConfig::default(),
         }
@@ -145,6 +168,12 @@ impl UplinkRule {
         .collect()
     }
 }
+
+/// Room left in a Kafka record beyond the largest MQTT packet Herald accepts:
+/// the record key and Herald's headers repeat the device id and add the QoS
+/// and reception time, and record framing adds a few dozen bytes. 64 KiB
+/// covers device ids far beyond Herald's 64-byte limit.
+pub const RECORD_MARGIN: u32 = 64 * 1024;
 
 /// librdkafka properties that Herald owns, with the setting to use instead.
 pub(crate) const RESERVED_PRODUCER_OPTIONS: &[(&str, &str)] = &[

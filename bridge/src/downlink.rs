@@ -8,9 +8,14 @@
 //! once Kafka acknowledged the receipt does the command count as handled. A
 //! partition's offset is stored only up to its oldest command not yet
 //! handled, so a crash redelivers (at least once) everything unsettled.
+//!
+//! Receipts have their own producer, apart from uplinks, with a bounded
+//! queue: a receipt is never dropped, so when that queue is full the command
+//! waits for room, and consumption pauses once `max_inflight` commands wait.
 
 use crate::config::{KafkaConfig, RESERVED_CONSUMER_OPTIONS};
 use crate::presence::now_ms;
+use crate::producer::{create_producer, Flusher, ProducerRole};
 use crate::BridgeError;
 use herald_broker::{BrokerHandle, DeliveryOutcome, DeliveryTicket, Downlink};
 use herald_schemas::v1::{
@@ -19,6 +24,7 @@ use herald_schemas::v1::{
 use herald_schemas::Message as _;
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -84,7 +90,8 @@ struct Metrics {
 /// The downlink consumer of one Herald instance.
 pub struct DownlinkBridge {
     consumer: Option<Arc<StreamConsumer>>,
-    producer: FutureProducer,
+    /// The receipts' own producer; `None` when downlinks are disabled.
+    producer: Option<FutureProducer>,
     handle: BrokerHandle,
     topic_prefix: String,
     receipts_topic: String,
@@ -131,15 +138,15 @@ impl DownlinkBridge {
         config: &KafkaConfig,
         topic_prefix: &str,
         handle: BrokerHandle,
-        producer: FutureProducer,
         registry: &Registry,
     ) -> Result<Self, BridgeError> {
-        let consumer = if config.downlink.enabled {
+        let (consumer, producer) = if config.downlink.enabled {
             let consumer: StreamConsumer = consumer_config(config)?.create()?;
             consumer.subscribe(&[&config.downlink.topic])?;
-            Some(Arc::new(consumer))
+            let producer = create_producer(config, ProducerRole::Receipts)?;
+            (Some(Arc::new(consumer)), Some(producer))
         } else {
-            None
+            (None, None)
         };
         let metrics = Metrics {
             outcomes: IntCounterVec::new(
@@ -176,6 +183,13 @@ impl DownlinkBridge {
             max_inflight: config.downlink.max_inflight.max(1),
             metrics: Arc::new(metrics),
         })
+    }
+
+    /// Flushes the receipts' producer at shutdown, once [`Self::run`] returned.
+    pub fn receipts_flusher(&self) -> Option<Flusher> {
+        self.producer
+            .clone()
+            .map(|producer| Flusher::new(producer, "receipts"))
     }
 
     /// Consumes until `shutdown`, then commits what is handled.
@@ -368,9 +382,13 @@ impl DownlinkBridge {
         }
     }
 
-    /// Writes a receipt, retrying until Kafka acknowledges it. Returns false
-    /// if shutdown came first.
+    /// Writes a receipt, retrying until Kafka acknowledges it; while the
+    /// receipts' queue is full, waits for room. Returns false if shutdown
+    /// came first.
     async fn write_receipt(&self, receipt: &DeliveryReceipt, shutdown: &CancellationToken) -> bool {
+        let Some(producer) = &self.producer else {
+            return false;
+        };
         let label = match receipt.outcome() {
             ReceiptOutcome::Delivered => "delivered",
             ReceiptOutcome::Expired => "expired",
@@ -384,19 +402,29 @@ impl DownlinkBridge {
             let record = FutureRecord::to(&self.receipts_topic)
                 .key(&receipt.device_id)
                 .payload(&payload);
-            let sent = match self.producer.send_result(record) {
-                Ok(delivery) => matches!(delivery.await, Ok(Ok(_))),
-                Err(_) => false,
+            let failure = match producer.send_result(record) {
+                Ok(delivery) => match delivery.await {
+                    Ok(Ok(_)) => return true,
+                    Ok(Err((error, _))) => Some(error.to_string()),
+                    Err(_canceled) => Some("producer shut down".to_string()),
+                },
+                // Full: wait for room, without backing off or warning.
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => None,
+                Err((error, _)) => Some(error.to_string()),
             };
-            if sent {
-                return true;
-            }
-            warn!(command_id = %receipt.command_id, "receipt not written; retrying");
+            let pause = match failure {
+                None => Duration::from_millis(20),
+                Some(error) => {
+                    warn!(command_id = %receipt.command_id, %error, "receipt not written; retrying");
+                    let pause = backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    pause
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => return false,
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(pause) => {}
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 }

@@ -6,6 +6,9 @@
 //! PUBACK waits for Kafka's acknowledgement. [`KafkaHealth`] tells `/readyz`
 //! whether Kafka is reachable. [`DownlinkBridge`] consumes device commands
 //! and writes a receipt for each; [`KafkaPresence`] writes presence events.
+//! Uplinks, receipts and presence events each have their own producer and
+//! queue, so neither of the others can starve or fail uplinks. Uplinks Kafka
+//! refuses for good go to a dead-letter topic (see `producer`).
 
 mod config;
 mod downlink;
@@ -14,18 +17,35 @@ mod presence;
 mod producer;
 mod rules;
 
-pub use config::{DownlinkConfig, KafkaConfig, PresenceConfig, UplinkRule};
+pub use config::{DownlinkConfig, KafkaConfig, PresenceConfig, UplinkRule, RECORD_MARGIN};
 pub use downlink::DownlinkBridge;
 pub use health::KafkaHealth;
 pub use presence::KafkaPresence;
-pub use producer::{header, KafkaUplinkSink};
+pub use producer::{header, Flusher, KafkaUplinkSink, ProducerRole};
 pub use rules::TopicRules;
 
-/// Checks a Kafka configuration without connecting: rules compile and the
-/// pass-through producer options do not override what Herald guarantees.
-pub fn validate(config: &KafkaConfig) -> Result<(), BridgeError> {
+/// Checks a Kafka configuration without connecting: rules compile, the
+/// pass-through producer options do not override what Herald guarantees,
+/// and a Kafka record can hold the largest MQTT packet the broker accepts
+/// (`max_packet_size`, from `broker.max_packet_size`).
+pub fn validate(config: &KafkaConfig, max_packet_size: u32) -> Result<(), BridgeError> {
     TopicRules::compile(&config.uplink_rules)?;
-    producer::producer_config(config)?;
+    if !rules::legal_kafka_topic(&config.dead_letter_topic) {
+        return Err(BridgeError::Config {
+            key: "kafka.dead_letter_topic".into(),
+            reason: format!(
+                "{:?} is not a Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -)",
+                config.dead_letter_topic
+            ),
+        });
+    }
+    for role in [
+        ProducerRole::Uplinks { max_packet_size },
+        ProducerRole::Presence,
+        ProducerRole::Receipts,
+    ] {
+        producer::producer_config(config, role)?;
+    }
     downlink::validate(config)?;
     Ok(())
 }

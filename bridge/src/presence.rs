@@ -1,26 +1,33 @@
 //! Presence: every connect and disconnect as a PresenceEvent on a compacted
 //! topic keyed by device id, so the latest record per device says whether it
-//! is online.
+//! is online. Events have their own producer and bounded queue: past the
+//! bound (a long Kafka outage with devices churning) they are shed and
+//! counted, never queued without end or in the uplinks' way.
 
 use crate::config::KafkaConfig;
+use crate::producer::{create_producer, flush, LogLimiter, ProducerRole};
 use crate::BridgeError;
 use herald_broker::{DisconnectReason, SessionEvents};
 use herald_schemas::v1::{PresenceEvent, PresenceReason};
 use herald_schemas::Message as _;
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Writes presence events with the uplink producer (idempotent, acks=all,
-/// ordered per device).
+/// Writes presence events with a producer of their own (idempotent,
+/// acks=all, ordered per device, queue bounded by
+/// `kafka.presence.max_queued_events`).
 pub struct KafkaPresence {
-    producer: FutureProducer,
+    /// `None` when presence is disabled.
+    producer: Option<FutureProducer>,
     topic: String,
     node: String,
-    enabled: bool,
     written: IntCounterVec,
+    shed: IntCounter,
+    shed_log: LogLimiter,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -40,11 +47,12 @@ fn host_name() -> String {
 }
 
 impl KafkaPresence {
-    pub fn new(
-        config: &KafkaConfig,
-        producer: FutureProducer,
-        registry: &Registry,
-    ) -> Result<Self, BridgeError> {
+    pub fn new(config: &KafkaConfig, registry: &Registry) -> Result<Self, BridgeError> {
+        let producer = if config.presence.enabled {
+            Some(create_producer(config, ProducerRole::Presence)?)
+        } else {
+            None
+        };
         let written = IntCounterVec::new(
             Opts::new(
                 "herald_presence_events_total",
@@ -52,14 +60,27 @@ impl KafkaPresence {
             ),
             &["result"],
         )?;
+        let shed = IntCounter::new(
+            "herald_presence_events_shed_total",
+            "Presence events dropped because their producer queue was full (Kafka slow or down).",
+        )?;
         registry.register(Box::new(written.clone()))?;
+        registry.register(Box::new(shed.clone()))?;
         Ok(Self {
             producer,
             topic: config.presence.topic.clone(),
             node: config.presence.node.clone().unwrap_or_else(host_name),
-            enabled: config.presence.enabled,
             written,
+            shed,
+            shed_log: LogLimiter::new(Duration::from_secs(10)),
         })
+    }
+
+    /// Waits up to `timeout` for events still queued.
+    pub fn flush(&self, timeout: Duration) {
+        if let Some(producer) = &self.producer {
+            flush(producer, "presence", timeout);
+        }
     }
 
     /// Creates the presence topic as a compacted topic if it does not exist.
@@ -67,7 +88,7 @@ impl KafkaPresence {
     /// Kafka may not be up yet (then auto-creation makes a plain topic, which
     /// the log line says).
     pub async fn ensure_topic(&self, config: &KafkaConfig) {
-        if !self.enabled {
+        if self.producer.is_none() {
             return;
         }
         // The producer's pass-through options carry the cluster's security settings.
@@ -105,9 +126,9 @@ impl KafkaPresence {
     }
 
     fn write(&self, device_id: &str, online: bool, reason: PresenceReason, generation: u64) {
-        if !self.enabled {
+        let Some(producer) = &self.producer else {
             return;
-        }
+        };
         let event = PresenceEvent {
             device_id: device_id.into(),
             online,
@@ -120,7 +141,7 @@ impl KafkaPresence {
         let record = FutureRecord::to(&self.topic)
             .key(device_id)
             .payload(&payload);
-        match self.producer.send_result(record) {
+        match producer.send_result(record) {
             Ok(delivery) => {
                 let written = self.written.clone();
                 let device_id = device_id.to_string();
@@ -133,6 +154,16 @@ impl KafkaPresence {
                         tracing::warn!(device_id, "presence event not written");
                     }
                 });
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                self.shed.inc();
+                if let Some(suppressed) = self.shed_log.allow() {
+                    tracing::warn!(
+                        device_id,
+                        suppressed,
+                        "presence queue full (Kafka slow or down): presence event shed"
+                    );
+                }
             }
             Err((error, _)) => {
                 self.written.with_label_values(&["error"]).inc();

@@ -1,17 +1,27 @@
-//! The uplink sink: MQTT publishes into Kafka, acknowledged by Kafka.
+//! The uplink sink: MQTT publishes into Kafka, acknowledged by Kafka; and the
+//! one place where Herald's librdkafka producers are configured.
+//!
+//! Kafka's refusals fall in two kinds. Transient ones (timeouts, brokers
+//! down, a full queue, ...) withhold the device's PUBACK, so the device
+//! retries. Permanent ones (the record is too large, invalid, or Herald may
+//! not write the topic) would make a device retransmit forever, so the
+//! uplink is written to the dead-letter topic and, once Kafka acknowledged
+//! the dead letter, reported to the broker as [`UplinkError::Rejected`].
 
-use crate::config::{KafkaConfig, RESERVED_PRODUCER_OPTIONS};
+use crate::config::{KafkaConfig, RECORD_MARGIN, RESERVED_PRODUCER_OPTIONS};
 use crate::rules::TopicRules;
 use crate::BridgeError;
-use herald_broker::{Uplink, UplinkAck, UplinkError, UplinkSink};
+use herald_broker::{Rejection, Uplink, UplinkAck, UplinkError, UplinkSink};
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use std::time::{Instant, UNIX_EPOCH};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
-/// Names of the Kafka headers Herald puts on every uplink record.
+/// Names of the Kafka headers Herald puts on uplink records and dead letters.
 pub mod header {
     /// The device (MQTT client) id; also the record key.
     pub const DEVICE_ID: &str = "herald-device-id";
@@ -23,19 +33,47 @@ pub mod header {
     pub const RECEIVED_AT: &str = "herald-received-at";
     /// Prefix of headers carrying MQTT 5 user properties.
     pub const USER_PROPERTY_PREFIX: &str = "mqtt-user-";
+    /// Dead letters: Kafka's error for the uplink, e.g. `Message production
+    /// error: MessageSizeTooLarge (Broker: Message size too large)`.
+    pub const DEAD_LETTER_REASON: &str = "herald-dead-letter-reason";
+    /// Dead letters: `too_large`, `invalid` or `not_authorized`.
+    pub const DEAD_LETTER_KIND: &str = "herald-dead-letter-kind";
+    /// Dead letters: the Kafka topic the uplink rule chose.
+    pub const KAFKA_TOPIC: &str = "herald-kafka-topic";
+    /// Dead letters: the uplink's payload size in bytes, before truncation.
+    pub const ORIGINAL_SIZE: &str = "herald-original-size";
 }
 
-/// Produces device uplinks to Kafka.
-pub struct KafkaUplinkSink {
-    producer: FutureProducer,
-    rules: TopicRules,
-    produce_latency: Histogram,
-    produced: IntCounterVec,
+/// Which part of Herald a producer serves. Each gets its own librdkafka
+/// client and queue, so a backlog in one cannot fail or delay another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProducerRole {
+    /// Device uplinks and their dead letters. `max_packet_size` is the
+    /// largest MQTT packet the broker accepts (`broker.max_packet_size`):
+    /// Kafka's record size limit must hold it.
+    Uplinks { max_packet_size: u32 },
+    /// Presence events, queue bounded by `kafka.presence.max_queued_events`.
+    Presence,
+    /// Downlink receipts, queue bounded by `kafka.downlink.max_queued_receipts`.
+    Receipts,
 }
 
-/// Builds the librdkafka producer configuration, refusing pass-through
+const MESSAGE_MAX_BYTES: &str = "message.max.bytes";
+
+/// Builds the librdkafka configuration of a producer, refusing pass-through
 /// options that would override what Herald guarantees.
-pub(crate) fn producer_config(config: &KafkaConfig) -> Result<ClientConfig, BridgeError> {
+///
+/// Every producer is idempotent with acks=all and takes
+/// `kafka.producer_options`. The uplink producer's `message.max.bytes` is
+/// `max_packet_size` + [`RECORD_MARGIN`] unless overridden, and an override
+/// too small for the largest packet is refused. Presence and receipt
+/// producers get their own bounded queue (`queue.buffering.max.messages`,
+/// and 1 KiB per message for `queue.buffering.max.kbytes`), which
+/// pass-through options cannot widen.
+pub(crate) fn producer_config(
+    config: &KafkaConfig,
+    role: ProducerRole,
+) -> Result<ClientConfig, BridgeError> {
     for (key, instead) in RESERVED_PRODUCER_OPTIONS {
         if config.producer_options.contains_key(*key) {
             return Err(BridgeError::Config {
@@ -44,10 +82,15 @@ pub(crate) fn producer_config(config: &KafkaConfig) -> Result<ClientConfig, Brid
             });
         }
     }
+    let client_id = match role {
+        ProducerRole::Uplinks { .. } => config.client_id.clone(),
+        ProducerRole::Presence => format!("{}-presence", config.client_id),
+        ProducerRole::Receipts => format!("{}-receipts", config.client_id),
+    };
     let mut client = ClientConfig::new();
     client
         .set("bootstrap.servers", &config.bootstrap_servers)
-        .set("client.id", &config.client_id)
+        .set("client.id", client_id)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set(
@@ -61,13 +104,247 @@ pub(crate) fn producer_config(config: &KafkaConfig) -> Result<ClientConfig, Brid
     for (key, value) in &config.producer_options {
         client.set(key, value);
     }
+    let queue_bound = match role {
+        ProducerRole::Uplinks { max_packet_size } => {
+            let needed = u64::from(max_packet_size) + u64::from(RECORD_MARGIN);
+            match config.producer_options.get(MESSAGE_MAX_BYTES) {
+                None => {
+                    client.set(MESSAGE_MAX_BYTES, needed.to_string());
+                }
+                Some(value) => {
+                    let key = format!("kafka.producer_options.\"{MESSAGE_MAX_BYTES}\"");
+                    let given: u64 = value.trim().parse().map_err(|_| BridgeError::Config {
+                        key: key.clone(),
+                        reason: format!("{value:?} is not a number of bytes"),
+                    })?;
+                    if given < needed {
+                        return Err(BridgeError::Config {
+                            key,
+                            reason: format!(
+                                "{given} bytes cannot hold the largest uplink Herald accepts: \
+                                 broker.max_packet_size is {max_packet_size} bytes, and a Kafka \
+                                 record needs up to {RECORD_MARGIN} more for its key, headers and \
+                                 framing; set it to at least {needed}, lower broker.max_packet_size, \
+                                 or leave it out (Herald then sets {needed})"
+                            ),
+                        });
+                    }
+                }
+            }
+            None
+        }
+        ProducerRole::Presence => Some(config.presence.max_queued_events),
+        ProducerRole::Receipts => Some(config.downlink.max_queued_receipts),
+    };
+    if let Some(messages) = queue_bound {
+        let messages = messages.clamp(1, i32::MAX as usize);
+        client
+            .set("queue.buffering.max.messages", messages.to_string())
+            .set("queue.buffering.max.kbytes", messages.to_string());
+    }
     Ok(client)
 }
 
+/// Creates the producer for `role`.
+pub(crate) fn create_producer(
+    config: &KafkaConfig,
+    role: ProducerRole,
+) -> Result<FutureProducer, BridgeError> {
+    Ok(producer_config(config, role)?.create()?)
+}
+
+/// Waits up to `timeout` for records still queued in `producer`.
+pub(crate) fn flush(producer: &FutureProducer, what: &str, timeout: Duration) {
+    if let Err(error) = producer.flush(timeout) {
+        tracing::warn!(%error, "Kafka {what} producer did not flush every record before shutdown");
+    }
+}
+
+/// Flushes one of Herald's producers at shutdown.
+#[derive(Clone)]
+pub struct Flusher {
+    producer: FutureProducer,
+    what: &'static str,
+}
+
+impl Flusher {
+    pub(crate) fn new(producer: FutureProducer, what: &'static str) -> Self {
+        Self { producer, what }
+    }
+
+    /// Waits up to `timeout` for records still queued (blocking).
+    pub fn flush(&self, timeout: Duration) {
+        flush(&self.producer, self.what, timeout);
+    }
+}
+
+/// Lets a log line through at most once per interval, counting the others.
+pub(crate) struct LogLimiter {
+    interval_ms: i64,
+    next_ms: AtomicI64,
+    suppressed: AtomicU64,
+}
+
+impl LogLimiter {
+    pub(crate) fn new(interval: Duration) -> Self {
+        Self {
+            interval_ms: interval.as_millis() as i64,
+            next_ms: AtomicI64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines suppressed since the last one)` when this line may be logged.
+    pub(crate) fn allow(&self) -> Option<u64> {
+        let now = crate::presence::now_ms();
+        let next = self.next_ms.load(Ordering::Relaxed);
+        if now >= next
+            && self
+                .next_ms
+                .compare_exchange(
+                    next,
+                    now + self.interval_ms,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+/// Whether Kafka refused a record for good, and why; `None` for errors
+/// worth retrying (timeouts, unreachable or overloaded brokers, a full
+/// queue, leadership changes, ...).
+pub(crate) fn permanent(error: &KafkaError) -> Option<Rejection> {
+    let KafkaError::MessageProduction(code) = error else {
+        return None;
+    };
+    use RDKafkaErrorCode as C;
+    match code {
+        // Broker code 10 (the topic's max.message.bytes), also librdkafka's
+        // local check against message.max.bytes; 18: RecordListTooLarge.
+        C::MessageSizeTooLarge | C::MessageBatchTooLarge => Some(Rejection::TooLarge),
+        // 2: CorruptMessage; 87: InvalidRecord; local: bad message format.
+        C::InvalidMessage
+        | C::InvalidRecord
+        | C::InvalidRequiredAcks
+        | C::InvalidTimestamp
+        | C::UnsupportedForMessageFormat
+        | C::BadMessage => Some(Rejection::Invalid),
+        C::TopicAuthorizationFailed | C::ClusterAuthorizationFailed => {
+            Some(Rejection::NotAuthorized)
+        }
+        _ => None,
+    }
+}
+
+/// The error the broker gets for a transient refusal: the PUBACK is withheld.
+fn transient(error: KafkaError) -> UplinkError {
+    match error {
+        KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut) => {
+            UplinkError::Timeout(error.to_string())
+        }
+        other => UplinkError::Failed(other.to_string()),
+    }
+}
+
+/// How one produce attempt ended, when it did not succeed.
+enum Refused {
+    /// librdkafka refused to queue the record.
+    Locally(KafkaError),
+    /// The record was sent and failed (or timed out).
+    OnDelivery(KafkaError),
+    /// The producer went away before an answer.
+    ShutDown,
+}
+
+async fn settled(sent: Result<DeliveryFuture, KafkaError>) -> Result<(), Refused> {
+    match sent {
+        Err(error) => Err(Refused::Locally(error)),
+        Ok(delivery) => match delivery.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((error, _message))) => Err(Refused::OnDelivery(error)),
+            Err(_canceled) => Err(Refused::ShutDown),
+        },
+    }
+}
+
+fn millis_since_epoch(uplink: &Uplink) -> i64 {
+    uplink
+        .received_at
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Herald's headers for `uplink`, with its MQTT 5 user properties as long
+/// as their names and values stay within `user_property_budget` bytes.
+fn uplink_headers(uplink: &Uplink, user_property_budget: usize) -> OwnedHeaders {
+    let qos = uplink.qos.to_string();
+    let received = millis_since_epoch(uplink).to_string();
+    let mut headers = OwnedHeaders::new_with_capacity(8 + uplink.user_properties.len())
+        .insert(Header {
+            key: header::DEVICE_ID,
+            value: Some(uplink.client_id.as_bytes()),
+        })
+        .insert(Header {
+            key: header::MQTT_TOPIC,
+            value: Some(uplink.topic.as_bytes()),
+        })
+        .insert(Header {
+            key: header::QOS,
+            value: Some(qos.as_bytes()),
+        })
+        .insert(Header {
+            key: header::RECEIVED_AT,
+            value: Some(received.as_bytes()),
+        });
+    let mut used = 0usize;
+    for (name, value) in &uplink.user_properties {
+        let key = format!("{}{name}", header::USER_PROPERTY_PREFIX);
+        used = used.saturating_add(key.len() + value.len());
+        if used > user_property_budget {
+            break;
+        }
+        headers = headers.insert(Header {
+            key: &key,
+            value: Some(value.as_bytes()),
+        });
+    }
+    headers
+}
+
+/// Produces device uplinks to Kafka.
+pub struct KafkaUplinkSink {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    producer: FutureProducer,
+    rules: TopicRules,
+    dead_letter_topic: String,
+    dead_letter_max_payload: usize,
+    produce_latency: Histogram,
+    produced: IntCounterVec,
+    dead_letters: IntCounterVec,
+    dead_letter_log: LogLimiter,
+}
+
 impl KafkaUplinkSink {
-    pub fn new(config: &KafkaConfig, registry: &Registry) -> Result<Self, BridgeError> {
+    /// `max_packet_size` is `broker.max_packet_size`: the producer's record
+    /// size limit is set (or checked) to hold the largest packet.
+    pub fn new(
+        config: &KafkaConfig,
+        max_packet_size: u32,
+        registry: &Registry,
+    ) -> Result<Self, BridgeError> {
         let rules = TopicRules::compile(&config.uplink_rules)?;
-        let producer: FutureProducer = producer_config(config)?.create()?;
+        let producer = create_producer(config, ProducerRole::Uplinks { max_packet_size })?;
         let produce_latency = Histogram::with_opts(
             HistogramOpts::new(
                 "herald_kafka_produce_duration_seconds",
@@ -84,105 +361,193 @@ impl KafkaUplinkSink {
             ),
             &["topic", "result"],
         )?;
+        let dead_letters = IntCounterVec::new(
+            Opts::new(
+                "herald_kafka_dead_letters_total",
+                "Uplinks Kafka refused for good, written to the dead-letter topic, by reason.",
+            ),
+            &["reason"],
+        )?;
         registry.register(Box::new(produce_latency.clone()))?;
         registry.register(Box::new(produced.clone()))?;
+        registry.register(Box::new(dead_letters.clone()))?;
         Ok(Self {
-            producer,
-            rules,
-            produce_latency,
-            produced,
+            inner: Arc::new(Inner {
+                producer,
+                rules,
+                dead_letter_topic: config.dead_letter_topic.clone(),
+                dead_letter_max_payload: config.dead_letter_max_payload,
+                produce_latency,
+                produced,
+                dead_letters,
+                dead_letter_log: LogLimiter::new(Duration::from_secs(10)),
+            }),
         })
     }
 
     /// Waits up to `timeout` for records still queued in the producer.
-    pub fn flush(&self, timeout: std::time::Duration) {
-        if let Err(error) = self.producer.flush(timeout) {
-            tracing::warn!(%error, "Kafka producer did not flush every record before shutdown");
-        }
+    pub fn flush(&self, timeout: Duration) {
+        flush(&self.inner.producer, "uplink", timeout);
     }
 
     /// The producer, for components that share its connection (health checks).
     pub fn producer(&self) -> &FutureProducer {
-        &self.producer
+        &self.inner.producer
     }
 }
 
-fn failure(error: KafkaError) -> UplinkError {
-    match error {
-        KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut) => {
-            UplinkError::Timeout(error.to_string())
+impl Inner {
+    /// Queues `uplink` for `kafka_topic`.
+    fn send(&self, uplink: &Uplink, kafka_topic: &str) -> Result<DeliveryFuture, KafkaError> {
+        let record = FutureRecord::to(kafka_topic)
+            .key(uplink.client_id.as_bytes())
+            .payload(&uplink.payload[..])
+            .timestamp(millis_since_epoch(uplink))
+            .headers(uplink_headers(uplink, usize::MAX));
+        self.producer
+            .send_result(record)
+            .map_err(|(error, _record)| error)
+    }
+
+    /// Waits for the first attempt; sorts a refusal into transient
+    /// (returned as is) or permanent (dead-lettered).
+    async fn deliver(
+        &self,
+        uplink: &Uplink,
+        kafka_topic: &str,
+        first: Result<DeliveryFuture, KafkaError>,
+    ) -> Result<(), UplinkError> {
+        let (mut error, on_delivery) = match settled(first).await {
+            Ok(()) => return Ok(()),
+            Err(Refused::ShutDown) => return Err(UplinkError::Failed("producer shut down".into())),
+            Err(Refused::Locally(error)) => (error, false),
+            Err(Refused::OnDelivery(error)) => (error, true),
+        };
+        let mut kind = match permanent(&error) {
+            Some(kind) => kind,
+            None => return Err(transient(error)),
+        };
+        if kind == Rejection::TooLarge && on_delivery {
+            // The broker judges a whole batch: a small record batched with
+            // a too-large one is refused with it. Alone, it gets through.
+            match settled(self.send(uplink, kafka_topic)).await {
+                Ok(()) => return Ok(()),
+                Err(Refused::ShutDown) => {
+                    return Err(UplinkError::Failed("producer shut down".into()))
+                }
+                Err(Refused::Locally(again) | Refused::OnDelivery(again)) => error = again,
+            }
+            kind = match permanent(&error) {
+                Some(kind) => kind,
+                None => return Err(transient(error)),
+            };
         }
-        other => UplinkError::Failed(other.to_string()),
+        self.dead_letter(uplink, kafka_topic, kind, &error).await
+    }
+
+    /// Writes `uplink` to the dead-letter topic. Only once Kafka has it is
+    /// the uplink reported rejected; otherwise the refusal is transient.
+    async fn dead_letter(
+        &self,
+        uplink: &Uplink,
+        kafka_topic: &str,
+        kind: Rejection,
+        error: &KafkaError,
+    ) -> Result<(), UplinkError> {
+        let reason = error.to_string();
+        let size = uplink.payload.len().to_string();
+        let kept = uplink.payload.len().min(self.dead_letter_max_payload);
+        let headers = uplink_headers(uplink, self.dead_letter_max_payload)
+            .insert(Header {
+                key: header::DEAD_LETTER_REASON,
+                value: Some(reason.as_bytes()),
+            })
+            .insert(Header {
+                key: header::DEAD_LETTER_KIND,
+                value: Some(kind.as_label().as_bytes()),
+            })
+            .insert(Header {
+                key: header::KAFKA_TOPIC,
+                value: Some(kafka_topic.as_bytes()),
+            })
+            .insert(Header {
+                key: header::ORIGINAL_SIZE,
+                value: Some(size.as_bytes()),
+            });
+        let record = FutureRecord::to(&self.dead_letter_topic)
+            .key(uplink.client_id.as_bytes())
+            .payload(&uplink.payload[..kept])
+            .timestamp(millis_since_epoch(uplink))
+            .headers(headers);
+        let sent = self
+            .producer
+            .send_result(record)
+            .map_err(|(error, _record)| error);
+        let written = settled(sent).await;
+        let result = if written.is_ok() { "ok" } else { "error" };
+        self.produced
+            .with_label_values(&[&self.dead_letter_topic, result])
+            .inc();
+        match written {
+            Ok(()) => {
+                self.dead_letters
+                    .with_label_values(&[kind.as_label()])
+                    .inc();
+                if let Some(suppressed) = self.dead_letter_log.allow() {
+                    tracing::warn!(
+                        device_id = %uplink.client_id, mqtt_topic = %uplink.topic, kafka_topic,
+                        size = uplink.payload.len(), %reason, dead_letter_topic = %self.dead_letter_topic,
+                        suppressed, "Kafka refused an uplink for good; kept it in the dead-letter topic"
+                    );
+                } else {
+                    tracing::debug!(
+                        device_id = %uplink.client_id, mqtt_topic = %uplink.topic, kafka_topic,
+                        size = uplink.payload.len(), %reason, "uplink dead-lettered"
+                    );
+                }
+                Err(UplinkError::Rejected { kind, reason })
+            }
+            Err(refused) => {
+                let why = match refused {
+                    Refused::Locally(e) | Refused::OnDelivery(e) => e.to_string(),
+                    Refused::ShutDown => "producer shut down".into(),
+                };
+                Err(UplinkError::Failed(format!(
+                    "Kafka refused the uplink for good ({reason}) and the dead letter \
+                     was not written to {}: {why}",
+                    self.dead_letter_topic
+                )))
+            }
+        }
     }
 }
 
 impl UplinkSink for KafkaUplinkSink {
     fn wants(&self, topic: &str) -> bool {
-        self.rules.kafka_topic(topic).is_some()
+        self.inner.rules.kafka_topic(topic).is_some()
     }
 
     fn submit(&self, uplink: Uplink) -> Option<UplinkAck> {
-        let kafka_topic = self.rules.kafka_topic(&uplink.topic)?;
-        let received_ms = uplink
-            .received_at
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        let qos = uplink.qos.to_string();
-        let received = received_ms.to_string();
-        let mut headers = OwnedHeaders::new_with_capacity(4 + uplink.user_properties.len())
-            .insert(Header {
-                key: header::DEVICE_ID,
-                value: Some(uplink.client_id.as_bytes()),
-            })
-            .insert(Header {
-                key: header::MQTT_TOPIC,
-                value: Some(uplink.topic.as_bytes()),
-            })
-            .insert(Header {
-                key: header::QOS,
-                value: Some(qos.as_bytes()),
-            })
-            .insert(Header {
-                key: header::RECEIVED_AT,
-                value: Some(received.as_bytes()),
-            });
-        for (name, value) in &uplink.user_properties {
-            let key = format!("{}{name}", header::USER_PROPERTY_PREFIX);
-            headers = headers.insert(Header {
-                key: &key,
-                value: Some(value.as_bytes()),
-            });
-        }
-        let record = FutureRecord::to(&kafka_topic)
-            .key(uplink.client_id.as_bytes())
-            .payload(&uplink.payload[..])
-            .timestamp(received_ms)
-            .headers(headers);
+        let kafka_topic = self.inner.rules.kafka_topic(&uplink.topic)?;
         let started = Instant::now();
-        let sent = self
-            .producer
-            .send_result(record)
-            .map_err(|(error, _)| error);
-        let latency = self.produce_latency.clone();
-        let produced = self.produced.clone();
+        // Queued now, in the order the device published; only the wait is deferred.
+        let first = self.inner.send(&uplink, &kafka_topic);
+        let inner = self.inner.clone();
         Some(Box::pin(async move {
-            let result = match sent {
-                Err(error) => Err(failure(error)),
-                Ok(delivery) => match delivery.await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err((error, _message))) => Err(failure(error)),
-                    Err(_canceled) => Err(UplinkError::Failed("producer shut down".into())),
-                },
-            };
-            latency.observe(started.elapsed().as_secs_f64());
+            let result = inner.deliver(&uplink, &kafka_topic, first).await;
+            inner
+                .produce_latency
+                .observe(started.elapsed().as_secs_f64());
             let outcome = match &result {
                 Ok(()) => "ok",
                 Err(UplinkError::Timeout(_)) => "timeout",
                 Err(UplinkError::Failed(_)) => "error",
                 Err(UplinkError::Rejected { .. }) => "rejected",
             };
-            produced.with_label_values(&[&kafka_topic, outcome]).inc();
+            inner
+                .produced
+                .with_label_values(&[&kafka_topic, outcome])
+                .inc();
             result
         }))
     }
@@ -192,11 +557,15 @@ impl UplinkSink for KafkaUplinkSink {
 mod tests {
     use super::*;
 
+    const UPLINKS: ProducerRole = ProducerRole::Uplinks {
+        max_packet_size: 1024 * 1024,
+    };
+
     #[test]
     fn reserved_options_are_refused_with_the_key_to_use() {
         let mut config = KafkaConfig::default();
         config.producer_options.insert("acks".into(), "1".into());
-        let err = producer_config(&config).unwrap_err().to_string();
+        let err = producer_config(&config, UPLINKS).unwrap_err().to_string();
         assert!(
             err.contains("kafka.producer_options.\"acks\"") && err.contains("acks=all"),
             "{err}"
@@ -205,10 +574,141 @@ mod tests {
         config
             .producer_options
             .insert("compression.type".into(), "lz4".into());
-        let client = producer_config(&config).unwrap();
+        let client = producer_config(&config, UPLINKS).unwrap();
         assert_eq!(client.get("compression.type"), Some("lz4"));
         assert_eq!(client.get("enable.idempotence"), Some("true"));
         assert_eq!(client.get("message.timeout.ms"), Some("30000"));
         assert_eq!(client.get("socket.nagle.disable"), Some("true"));
+    }
+
+    #[test]
+    fn the_uplink_record_limit_holds_the_largest_packet() {
+        let mut config = KafkaConfig::default();
+        let client = producer_config(&config, UPLINKS).unwrap();
+        assert_eq!(client.get("message.max.bytes"), Some("1114112"));
+        // librdkafka takes it (batch.size stays at its default below it).
+        let _producer: FutureProducer = client.create().unwrap();
+
+        config
+            .producer_options
+            .insert("message.max.bytes".into(), "2000000".into());
+        let client = producer_config(&config, UPLINKS).unwrap();
+        assert_eq!(client.get("message.max.bytes"), Some("2000000"));
+
+        // librdkafka's own default, too small for a 1 MiB packet.
+        config
+            .producer_options
+            .insert("message.max.bytes".into(), "1000000".into());
+        let err = producer_config(&config, UPLINKS).unwrap_err().to_string();
+        assert!(
+            err.contains("kafka.producer_options.\"message.max.bytes\"")
+                && err.contains("broker.max_packet_size")
+                && err.contains("1114112"),
+            "{err}"
+        );
+        let small = ProducerRole::Uplinks {
+            max_packet_size: 900_000,
+        };
+        assert!(producer_config(&config, small).is_ok());
+
+        config
+            .producer_options
+            .insert("message.max.bytes".into(), "1MB".into());
+        let err = producer_config(&config, UPLINKS).unwrap_err().to_string();
+        assert!(err.contains("not a number"), "{err}");
+    }
+
+    #[test]
+    fn presence_and_receipts_have_their_own_bounded_queues() {
+        let mut config = KafkaConfig::default();
+        config.presence.max_queued_events = 500;
+        config.downlink.max_queued_receipts = 700;
+        // A pass-through bound for the uplinks cannot unbound the others.
+        config
+            .producer_options
+            .insert("queue.buffering.max.messages".into(), "1000000".into());
+        config
+            .producer_options
+            .insert("security.protocol".into(), "plaintext".into());
+        let uplinks = producer_config(&config, UPLINKS).unwrap();
+        assert_eq!(uplinks.get("client.id"), Some("herald"));
+        assert_eq!(uplinks.get("queue.buffering.max.messages"), Some("1000000"));
+        let presence = producer_config(&config, ProducerRole::Presence).unwrap();
+        assert_eq!(presence.get("client.id"), Some("herald-presence"));
+        assert_eq!(presence.get("queue.buffering.max.messages"), Some("500"));
+        assert_eq!(presence.get("queue.buffering.max.kbytes"), Some("500"));
+        assert_eq!(presence.get("security.protocol"), Some("plaintext"));
+        assert_eq!(presence.get("enable.idempotence"), Some("true"));
+        assert_eq!(presence.get("message.max.bytes"), None);
+        let receipts = producer_config(&config, ProducerRole::Receipts).unwrap();
+        assert_eq!(receipts.get("client.id"), Some("herald-receipts"));
+        assert_eq!(receipts.get("queue.buffering.max.messages"), Some("700"));
+        assert_eq!(receipts.get("acks"), Some("all"));
+        for client in [presence, receipts] {
+            let _producer: FutureProducer = client.create().unwrap();
+        }
+    }
+
+    #[test]
+    fn kafka_errors_are_sorted_into_transient_and_permanent() {
+        use RDKafkaErrorCode as C;
+        let production = KafkaError::MessageProduction;
+        for (code, expected) in [
+            (C::MessageSizeTooLarge, Some(Rejection::TooLarge)),
+            (C::MessageBatchTooLarge, Some(Rejection::TooLarge)),
+            (C::InvalidMessage, Some(Rejection::Invalid)),
+            (C::InvalidRecord, Some(Rejection::Invalid)),
+            (C::InvalidRequiredAcks, Some(Rejection::Invalid)),
+            (C::BadMessage, Some(Rejection::Invalid)),
+            (C::TopicAuthorizationFailed, Some(Rejection::NotAuthorized)),
+            (
+                C::ClusterAuthorizationFailed,
+                Some(Rejection::NotAuthorized),
+            ),
+            (C::MessageTimedOut, None),
+            (C::QueueFull, None),
+            (C::NotEnoughReplicas, None),
+            (C::NotLeaderForPartition, None),
+            (C::UnknownTopicOrPartition, None),
+            (C::BrokerTransportFailure, None),
+            (C::AllBrokersDown, None),
+            (C::RequestTimedOut, None),
+        ] {
+            assert_eq!(permanent(&production(code)), expected, "{code:?}");
+        }
+        assert_eq!(permanent(&KafkaError::Canceled), None);
+        assert!(matches!(
+            transient(production(C::MessageTimedOut)),
+            UplinkError::Timeout(_)
+        ));
+        assert!(matches!(
+            transient(production(C::NotEnoughReplicas)),
+            UplinkError::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn user_properties_stay_within_the_budget() {
+        use rdkafka::message::Headers as _;
+        let uplink = Uplink {
+            client_id: "d".into(),
+            topic: "devices/d/up/scan".into(),
+            payload: bytes::Bytes::from_static(b"x"),
+            qos: 1,
+            retain: false,
+            received_at: std::time::SystemTime::now(),
+            user_properties: vec![("a".into(), "1".repeat(100)), ("b".into(), "2".into())],
+        };
+        assert_eq!(uplink_headers(&uplink, usize::MAX).count(), 6);
+        assert_eq!(uplink_headers(&uplink, 120).count(), 5);
+        assert_eq!(uplink_headers(&uplink, 10).count(), 4);
+    }
+
+    #[test]
+    fn the_log_limiter_lets_one_line_through_per_interval() {
+        let limiter = LogLimiter::new(Duration::from_secs(3600));
+        assert_eq!(limiter.allow(), Some(0));
+        assert_eq!(limiter.allow(), None);
+        assert_eq!(limiter.allow(), None);
     }
 }

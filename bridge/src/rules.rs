@@ -37,7 +37,7 @@ fn rule_error(index: usize, reason: impl Into<String>) -> BridgeError {
 }
 
 /// Kafka topic names: at most 249 of `[a-zA-Z0-9._-]`.
-fn legal_kafka_topic(name: &str) -> bool {
+pub(crate) fn legal_kafka_topic(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 249
         && name != "."

@@ -105,7 +105,7 @@ impl HeraldConfig {
             config.kafka.uplink_rules = UplinkRule::defaults_for(prefix);
         }
         config.broker.validate()?;
-        herald_bridge::validate(&config.kafka)?;
+        herald_bridge::validate(&config.kafka, config.broker.max_packet_size)?;
         Ok(config)
     }
 }
@@ -147,6 +147,20 @@ mod tests {
             let config = HeraldConfig::load(Some(Path::new(example))).map_err(|e| e.to_string())?;
             assert_eq!(config.broker.listen.port(), 1883);
             assert_eq!(config.kafka.uplink_rules.len(), 4);
+            let defaults = KafkaConfig::default();
+            assert_eq!(config.kafka.dead_letter_topic, defaults.dead_letter_topic);
+            assert_eq!(
+                config.kafka.dead_letter_max_payload,
+                defaults.dead_letter_max_payload
+            );
+            assert_eq!(
+                config.kafka.presence.max_queued_events,
+                defaults.presence.max_queued_events
+            );
+            assert_eq!(
+                config.kafka.downlink.max_queued_receipts,
+                defaults.downlink.max_queued_receipts
+            );
             Ok(())
         });
     }
@@ -210,6 +224,34 @@ mod tests {
             jail.create_file("short.toml", "[broker.auth]\nfleet_key = \"c2hvcnQ=\"\n")?;
             let err = HeraldConfig::load(Some(Path::new("short.toml"))).unwrap_err();
             assert!(format!("{err:#}").contains("too short"), "{err:#}");
+
+            // A packet the broker accepts must fit in a Kafka record.
+            jail.create_file(
+                "kafka-small.toml",
+                "[broker.auth]\nmode = \"open\"\n[kafka.producer_options]\n\"message.max.bytes\" = \"1000000\"\n",
+            )?;
+            let err = HeraldConfig::load(Some(Path::new("kafka-small.toml"))).unwrap_err();
+            let err = format!("{err:#}");
+            assert!(
+                err.contains("kafka.producer_options.\"message.max.bytes\"")
+                    && err.contains("broker.max_packet_size"),
+                "{err}"
+            );
+            jail.create_file(
+                "kafka-fits.toml",
+                "[broker]\nmax_packet_size = 900000\n[broker.auth]\nmode = \"open\"\n[kafka.producer_options]\n\"message.max.bytes\" = \"1000000\"\n",
+            )?;
+            HeraldConfig::load(Some(Path::new("kafka-fits.toml"))).map_err(|e| e.to_string())?;
+
+            jail.create_file(
+                "dlq.toml",
+                "[broker.auth]\nmode = \"open\"\n[kafka]\ndead_letter_topic = \"dead letters\"\n",
+            )?;
+            let err = HeraldConfig::load(Some(Path::new("dlq.toml"))).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("kafka.dead_letter_topic"),
+                "{err:#}"
+            );
 
             jail.create_file("ok.toml", "[broker.auth]\nmode = \"open\"\n")?;
             jail.set_env("HERALD_BROKER__MAX_PACKET_SIZE", "10");

@@ -108,7 +108,7 @@ async fn run(config: HeraldConfig) -> anyhow::Result<()> {
     ))?;
 
     let sink = Arc::new(
-        KafkaUplinkSink::new(&config.kafka, &registry)
+        KafkaUplinkSink::new(&config.kafka, config.broker.max_packet_size, &registry)
             .context("cannot create the Kafka producer")?,
     );
     let kafka_health = KafkaHealth::spawn(
@@ -117,11 +117,10 @@ async fn run(config: HeraldConfig) -> anyhow::Result<()> {
         &registry,
         shutdown.clone(),
     )?;
-    let presence = Arc::new(KafkaPresence::new(
-        &config.kafka,
-        sink.producer().clone(),
-        &registry,
-    )?);
+    let presence = Arc::new(
+        KafkaPresence::new(&config.kafka, &registry)
+            .context("cannot create the Kafka presence producer")?,
+    );
     {
         // In the background: an unreachable Kafka must not delay the listeners.
         let (presence, kafka) = (presence.clone(), config.kafka.clone());
@@ -129,25 +128,33 @@ async fn run(config: HeraldConfig) -> anyhow::Result<()> {
     }
     let hooks = BrokerHooks {
         uplinks: sink.clone(),
-        session_events: presence,
+        session_events: presence.clone(),
     };
     let broker = Broker::start(config.broker.clone(), hooks, &registry, shutdown.clone()).await?;
     let downlinks = DownlinkBridge::new(
         &config.kafka,
         &config.broker.auth.topic_prefix,
         broker.handle(),
-        sink.producer().clone(),
         &registry,
-    )?;
+    )
+    .context("cannot create the Kafka downlink consumer")?;
+    let receipts = downlinks.receipts_flusher();
     let downlink_task = tokio::spawn(downlinks.run(shutdown.clone()));
     let http = http::serve(config.http.listen, registry, kafka_health, shutdown.clone()).await?;
 
     tokio::spawn(wait_for_signal(shutdown.clone()));
     broker.wait().await;
     let _ = downlink_task.await;
-    tracing::info!("flushing the Kafka producer");
+    tracing::info!("flushing the Kafka producers");
     let flusher = sink.clone();
-    tokio::task::spawn_blocking(move || flusher.flush(Duration::from_secs(10))).await?;
+    tokio::task::spawn_blocking(move || {
+        flusher.flush(Duration::from_secs(10));
+        presence.flush(Duration::from_secs(5));
+        if let Some(receipts) = receipts {
+            receipts.flush(Duration::from_secs(5));
+        }
+    })
+    .await?;
     let _ = http.await;
     tracing::info!("stopped");
     Ok(())
