@@ -151,6 +151,16 @@ async fn an_uplink_kafka_refuses_is_dead_lettered_once_and_acknowledged() {
         )),
         2.0
     );
+    // The broker answered both as rejected, and closed no connection for them.
+    assert_eq!(
+        herald.metric("herald_uplinks_rejected_total{kind=\"too_large\"}"),
+        2.0
+    );
+    assert_eq!(
+        herald.metric("herald_disconnects_total{reason=\"uplink_failed\"}"),
+        0.0
+    );
+    assert_eq!(herald.metric("herald_uplink_failures_total"), 0.0);
 }
 
 fn path_arg(path: &Path) -> String {
