@@ -298,6 +298,10 @@ start_broker() { # NAME: start it on its own port; fails (and says why) if it do
 listen = "127.0.0.1:$PORT_HERALD_OPEN"
 [broker.auth]
 mode = "open"
+# Benchmarks measure capacity: the listener's connect-rate limit (5000/s by
+# default, docs/reliability.md) is off here.
+[broker.admission]
+max_connect_rate = 0
 [kafka]
 bootstrap_servers = "$KAFKA"
 [kafka.downlink]
@@ -469,6 +473,10 @@ if [[ " $PARTS " == *" b "* ]]; then
 listen = "127.0.0.1:$PORT_HERALD"
 [broker.auth]
 fleet_key = "$FLEET_KEY"
+# Benchmarks measure capacity: the listener's connect-rate limit (5000/s by
+# default, docs/reliability.md) is off here.
+[broker.admission]
+max_connect_rate = 0
 [kafka]
 bootstrap_servers = "$KAFKA"
 [http]

@@ -25,6 +25,10 @@ cat >"$OUT/herald-bench.toml" <<TOML
 listen = "127.0.0.1:21883"
 [broker.auth]
 fleet_key = "$FLEET_KEY"
+# Benchmarks measure capacity: the listener's connect-rate limit (5000/s by
+# default, docs/reliability.md) is off here.
+[broker.admission]
+max_connect_rate = 0
 [http]
 listen = "127.0.0.1:29090"
 [log]

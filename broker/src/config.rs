@@ -149,9 +149,11 @@ pub struct AdmissionConfig {
     /// New connections accepted per second on each listener; past it a
     /// connection is answered CONNACK 0x9F "connection rate exceeded" (MQTT
     /// 3.1.1: "server unavailable"; TLS: closed before the handshake).
-    /// 0 = unlimited. Default 2000.
+    /// 0 = unlimited. Default 5000 (about a quarter of what one 2-core node
+    /// authenticates per second, docs/benchmarks.md, leaving the rest to the
+    /// sessions already connected).
     pub max_connect_rate: u32,
-    /// Connections a listener accepts in one burst above the rate. Default 2000.
+    /// Connections a listener accepts in one burst above the rate. Default 5000.
     pub connect_burst: u32,
     /// Authenticated connects of one client id within `flapping_window`
     /// that make it a flapping client; 0 turns detection off. Default 15.
@@ -171,8 +173,8 @@ pub struct AdmissionConfig {
 impl Default for AdmissionConfig {
     fn default() -> Self {
         Self {
-            max_connect_rate: 2000,
-            connect_burst: 2000,
+            max_connect_rate: 5000,
+            connect_burst: 5000,
             flapping_max_connects: 15,
             flapping_window: Duration::from_secs(60),
             flapping_ban: Duration::from_secs(300),
