@@ -126,3 +126,83 @@ impl RouterOps {
         matched
     }
 }
+
+fn limits(max_topic_length: usize, max_topic_levels: usize) -> crate::config::LimitsConfig {
+    crate::config::LimitsConfig {
+        max_topic_length,
+        max_topic_levels,
+        ..Default::default()
+    }
+}
+
+fn topic_refusal(e: crate::topic::TopicError) -> &'static str {
+    match e {
+        crate::topic::TopicError::Invalid => "invalid",
+        crate::topic::TopicError::TooLong => "too_long",
+        crate::topic::TopicError::TooManyLevels => "too_many_levels",
+    }
+}
+
+/// `topic::check_name` with these limits (fuzz/).
+pub fn check_topic_name(
+    topic: &str,
+    max_length: usize,
+    max_levels: usize,
+) -> Result<(), &'static str> {
+    crate::topic::check_name(topic, &limits(max_length, max_levels)).map_err(topic_refusal)
+}
+
+/// `topic::check_filter` with these limits (fuzz/).
+pub fn check_topic_filter(
+    filter: &str,
+    max_length: usize,
+    max_levels: usize,
+) -> Result<(), &'static str> {
+    crate::topic::check_filter(filter, &limits(max_length, max_levels)).map_err(topic_refusal)
+}
+
+/// `topic::filter_matches` (fuzz/).
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    crate::topic::filter_matches(filter, topic)
+}
+
+/// `topic::literal_prefix` (fuzz/).
+pub fn literal_prefix(filter: &str) -> &str {
+    crate::topic::literal_prefix(filter)
+}
+
+/// The retained store with count and byte caps and no expiry (fuzz/).
+pub struct RetainedOps(crate::retained::RetainedStore);
+
+impl RetainedOps {
+    pub fn new(max_messages: usize, max_bytes: usize) -> Self {
+        Self(crate::retained::RetainedStore::new(
+            &crate::config::LimitsConfig {
+                max_retained_messages: max_messages,
+                max_retained_bytes: max_bytes,
+                retained_expiry: std::time::Duration::ZERO,
+                ..Default::default()
+            },
+        ))
+    }
+
+    /// Stores (an empty payload clears) the retained message of `topic`.
+    pub fn retain(&self, topic: &str, payload: &[u8]) -> Result<(), &'static str> {
+        let message = crate::session::Message {
+            topic: bytes::Bytes::copy_from_slice(topic.as_bytes()),
+            payload: bytes::Bytes::copy_from_slice(payload),
+            retain: true,
+            properties: None,
+        };
+        self.0.retain(topic, &message).map_err(|e| e.as_label())
+    }
+
+    /// The topics of up to `limit` retained messages matching `filter`, in the store's order.
+    pub fn matching(&self, filter: &str, limit: usize) -> Vec<String> {
+        self.0
+            .matching(filter, QoS::AtMostOnce, limit)
+            .into_iter()
+            .map(|queued| String::from_utf8_lossy(&queued.message.topic).into_owned())
+            .collect()
+    }
+}

@@ -97,6 +97,18 @@ pub fn read(
             }
             let buffered = buf.len();
             match Packet::read(buf, Some(max_size as u32)) {
+                // MQTT 5 §3.3.4: a client's PUBLISH carries no Subscription
+                // Identifier; rumqttc also miscounts their bytes, so what
+                // follows them would be read wrong.
+                Ok(Packet::Publish(p))
+                    if p.properties
+                        .as_ref()
+                        .is_some_and(|p| !p.subscription_identifiers.is_empty()) =>
+                {
+                    Err(CodecError::Malformed(
+                        "PUBLISH from a client with a Subscription Identifier".into(),
+                    ))
+                }
                 Ok(packet) => Ok(Some(packet)),
                 // rumqttc also says "insufficient bytes" for a truncated
                 // property length inside a complete packet, after taking the
@@ -420,6 +432,28 @@ mod tests {
             .unwrap()
             .is_none());
         assert_eq!(part.len(), 4);
+    }
+
+    #[test]
+    fn v5_publish_with_subscription_identifiers_is_refused() {
+        // Found by fuzz/ (mqtt_decode): rumqttc counts each Subscription
+        // Identifier one byte too long, so a PUBLISH with several read fewer
+        // identifiers and the rest of its properties as payload. A client may
+        // not send them at all (MQTT 5 §3.3.4).
+        let mut buf = BytesMut::from(
+            &[
+                0x32, 0x0F, 0x00, 0x01, b't', 0x00, 0x07, // PUBLISH QoS 1 "t", pkid 7
+                0x08, 0x0B, 0x01, 0x0B, 0x02, 0x0B, 0x03, 0x0B, 0x04, // 4 subscription ids
+                b'p', // payload
+            ][..],
+        );
+        assert!(
+            matches!(
+                read(ProtocolVersion::V5, &mut buf, 1024),
+                Err(CodecError::Malformed(_))
+            ),
+            "refused"
+        );
     }
 
     #[test]
