@@ -257,3 +257,59 @@ async fn a_delayed_will_is_cancelled_by_reconnecting_and_bounded_in_total() {
         "a cancelled will is not published"
     );
 }
+
+/// An MQTT 3.1.1 client has no reason codes: over a limit it gets SUBACK
+/// failure (0x80) or its connection closed, and the node goes on.
+#[tokio::test]
+async fn mqtt_311_clients_get_a_failure_or_a_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let broker = start(|_| {}).await;
+    let mut stream = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
+    use rumqttc::mqttbytes::{v4, QoS as V4QoS};
+    let mut out = bytes::BytesMut::new();
+    v4::Connect::new("old-timer").write(&mut out).unwrap();
+    let deep = format!("t/{}#", "l/".repeat(40));
+    let mut subscribe = v4::Subscribe::new(deep, V4QoS::AtLeastOnce);
+    subscribe.pkid = 1;
+    subscribe.write(&mut out).unwrap();
+    let mut publish = v4::Publish::new(format!("t/{}x", "l/".repeat(40)), V4QoS::AtLeastOnce, "x");
+    publish.pkid = 2;
+    publish.write(&mut out).unwrap();
+    stream.write_all(&out).await.unwrap();
+
+    // Read what the server sends with rumqttc's 3.1.1 decoder.
+    let mut buf = bytes::BytesMut::new();
+    let mut got = Vec::new();
+    let closed = loop {
+        while let Ok(packet) = v4::Packet::read(&mut buf, 1 << 16) {
+            got.push(packet);
+        }
+        let mut chunk = [0u8; 1024];
+        match tokio::time::timeout(WAIT, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => break false,
+        }
+    };
+    assert!(
+        matches!(got.first(), Some(v4::Packet::ConnAck(a)) if a.code == v4::ConnectReturnCode::Success)
+    );
+    match got.get(1) {
+        Some(v4::Packet::SubAck(ack)) => {
+            assert_eq!(ack.return_codes, vec![v4::SubscribeReasonCode::Failure])
+        }
+        other => panic!("expected SUBACK, got {other:?}"),
+    }
+    assert_eq!(got.len(), 2, "no PUBACK for the publish over the limit");
+    assert!(
+        closed,
+        "the 3.1.1 publish over the limit closes the connection"
+    );
+    assert_eq!(broker.counter(LIMITS, "limit", "topic_levels"), 2);
+    assert_eq!(
+        broker.counter("herald_disconnects_total", "reason", "limit_exceeded"),
+        1
+    );
+    let (mut other, _) = Raw::connect(broker.addr, "still-served", true, None).await;
+    assert!(other.is_alive().await);
+}

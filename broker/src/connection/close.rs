@@ -18,6 +18,8 @@ pub(crate) enum CloseReason {
     ProtocolError,
     PacketTooLarge,
     NotAuthorized,
+    /// An MQTT 3.1.1 client went over a limit its protocol has no code for.
+    LimitExceeded,
     UplinkFailed,
     IoError,
 }
@@ -35,6 +37,7 @@ impl CloseReason {
             Self::ProtocolError => "protocol_error",
             Self::PacketTooLarge => "packet_too_large",
             Self::NotAuthorized => "not_authorized",
+            Self::LimitExceeded => "limit_exceeded",
             Self::UplinkFailed => "uplink_failed",
             Self::IoError => "io_error",
         }
@@ -49,6 +52,7 @@ impl CloseReason {
             Self::ProtocolError => DisconnectReasonCode::ProtocolError,
             Self::PacketTooLarge => DisconnectReasonCode::PacketTooLarge,
             Self::NotAuthorized => DisconnectReasonCode::NotAuthorized,
+            Self::LimitExceeded => DisconnectReasonCode::QuotaExceeded,
             Self::UplinkFailed => DisconnectReasonCode::UnspecifiedError,
             Self::Normal | Self::NormalWithWill | Self::PeerClosed | Self::IoError => return None,
         })

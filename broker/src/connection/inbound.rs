@@ -381,7 +381,10 @@ impl Connection {
                 // MQTT 3.1.1 has no negative acknowledgement: closing the
                 // connection is the only refusal it knows (§3.3.5).
                 if self.version == ProtocolVersion::V311 {
-                    return Err(CloseReason::NotAuthorized);
+                    return Err(match refusal {
+                        Refusal::NotAuthorized | Refusal::NoRoute => CloseReason::NotAuthorized,
+                        Refusal::TopicLimit | Refusal::Quota => CloseReason::LimitExceeded,
+                    });
                 }
                 match refusal {
                     Refusal::NotAuthorized => {
