@@ -57,29 +57,30 @@ crashed=()
 printf '%-18s %12s %9s %8s  %s\n' target executions exec/s corpus result
 for t in "${TARGETS[@]}"; do
   work=fuzz/target/corpus-work/$t
-  mkdir -p "$work" "fuzz/artifacts/$t"
+  mkdir -p "$work" "fuzz/corpus/$t" "fuzz/artifacts/$t"
   log=$LOGS/$t.log
   rc=0
   cargo +nightly fuzz run "${BUILD[@]}" "$t" "$work" "fuzz/corpus/$t" -- \
-    -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -print_final_stats=1 \
-    -artifact_prefix="fuzz/artifacts/$t/" >"$log" 2>&1 || rc=$?
+    -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -print_final_stats=1 >"$log" 2>&1 || rc=$?
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   # After a crash there are no final stats: the last status line has the count.
-  [[ -n $execs ]] || execs=$(grep -oE '^#[0-9]+' "$log" | tail -1 | tr -d '#')
+  [[ -n $execs ]] || execs=$({ grep -oE '^#[0-9]+' "$log" || true; } | tail -1 | tr -d '#')
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
   corpus=$(find "$work" "fuzz/corpus/$t" -type f | wc -l)
   if ((rc == 0)); then
     result=ok
   else
     crashed+=("$t")
-    artifact=$(grep -oE "Test unit written to [^ ]+" "$log" | tail -1 | sed 's/.* //')
+    artifact=$({ grep -oE "Test unit written to [^ ]+" "$log" || true; } | tail -1 | sed 's/.* //')
     result="CRASHED (exit $rc${artifact:+, input $artifact}; log $log)"
   fi
   printf '%-18s %12s %9s %8s  %s\n' "$t" "${execs:-?}" "${rate:-?}" "$corpus" "$result"
 done
 
+passed=$((${#TARGETS[@]} - ${#crashed[@]}))
 if ((${#crashed[@]})); then
   say "crashed: ${crashed[*]}; reproduce with: cargo +nightly fuzz run ${BUILD[*]} TARGET INPUT"
+  echo "fuzz: $passed passed, ${#crashed[@]} failed"
   exit 1
 fi
-say "no crashes (${SECONDS_PER_TARGET}s per target)"
+echo "fuzz: $passed passed, 0 failed"

@@ -3,7 +3,7 @@
 # (scripts/install-deps.sh), starts the local Kafka (deploy/kafka/kafka.sh, or
 # reuses one already serving on 127.0.0.1:9092), then runs every Rust test.
 # The integration tests talk to that real Kafka; the outage test starts and
-# kills a second Kafka of its own on port 19192.
+# kills a second Kafka of its own on port 19192. Then a short fuzzing run (scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -13,3 +13,8 @@ deploy/kafka/kafka.sh start >/dev/null
 # Two cores: run test binaries' tests two at a time.
 export RUST_TEST_THREADS=${RUST_TEST_THREADS:-2}
 cargo test --workspace --locked "$@"
+
+# Fuzzing smoke run: every cargo-fuzz target for 15 s (scripts/fuzz.sh installs nightly and
+# cargo-fuzz if missing; about 5 minutes on a fresh 2-core machine, most of it the build).
+# HERALD_SKIP_FUZZ=1 skips it.
+[[ ${HERALD_SKIP_FUZZ:-0} == 1 ]] || scripts/fuzz.sh 15

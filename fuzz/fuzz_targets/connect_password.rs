@@ -25,7 +25,7 @@ use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 
 /// The fleet key the seed corpus' passwords are signed with (see
-/// fuzz/README.md); `NOW` is the time they were signed at.
+/// fuzz/examples/seeds.rs); `NOW` is the time they were signed at.
 const FLEET_KEY: &[u8] = b"herald-fuzz-fleet-key-0123456789";
 const FLEET_KEY_BASE64: &str = "aGVyYWxkLWZ1enotZmxlZXQta2V5LTAxMjM0NTY3ODk=";
 const NOW: u64 = 1_790_000_000;
