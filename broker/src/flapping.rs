@@ -6,41 +6,59 @@
 
 use crate::config::AdmissionConfig;
 use dashmap::DashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::time::{Duration, Instant};
 
+/// 12 bytes a client id, for the minute after each connect: times are whole
+/// seconds since the detector started, and the id is kept as a keyed 64-bit
+/// hash (two ids sharing a hash would only share a counter).
 struct Record {
-    window_start: Instant,
+    window_start: u32,
+    banned_until: u32,
     connects: u32,
-    banned_until: Option<Instant>,
 }
 
 pub(crate) struct FlappingDetector {
-    clients: DashMap<Box<str>, Record>,
+    clients: DashMap<u64, Record>,
+    hasher: RandomState,
+    epoch: Instant,
     max_connects: u32,
-    window: Duration,
-    ban: Duration,
+    window: u32,
+    ban: u32,
     max_tracked: usize,
+}
+
+fn whole_secs(d: Duration) -> u32 {
+    u32::try_from(d.as_secs()).unwrap_or(u32::MAX).max(1)
 }
 
 impl FlappingDetector {
     pub fn new(config: &AdmissionConfig) -> Self {
         Self {
             clients: DashMap::new(),
+            hasher: RandomState::new(),
+            // Second 0 stays free to mean "never banned".
+            epoch: Instant::now() - Duration::from_secs(1),
             max_connects: config.flapping_max_connects,
-            window: config.flapping_window,
-            ban: config.flapping_ban,
+            window: whole_secs(config.flapping_window),
+            ban: whole_secs(config.flapping_ban),
             max_tracked: config.flapping_max_tracked,
         }
     }
 
+    fn now_secs(&self, now: Instant) -> u32 {
+        u32::try_from(now.saturating_duration_since(self.epoch).as_secs()).unwrap_or(u32::MAX)
+    }
+
     /// Whether `client_id` is banned at `now`.
     pub fn is_banned(&self, client_id: &str, now: Instant) -> bool {
-        self.max_connects > 0
-            && self
-                .clients
-                .get(client_id)
-                .and_then(|r| r.banned_until)
-                .is_some_and(|until| until > now)
+        if self.max_connects == 0 {
+            return false;
+        }
+        let now = self.now_secs(now);
+        self.clients
+            .get(&self.hasher.hash_one(client_id))
+            .is_some_and(|r| r.banned_until > now)
     }
 
     /// Counts an authenticated connect of `client_id`; true if it makes the
@@ -49,14 +67,16 @@ impl FlappingDetector {
         if self.max_connects == 0 {
             return false;
         }
-        if let Some(mut record) = self.clients.get_mut(client_id) {
-            if now.saturating_duration_since(record.window_start) >= self.window {
+        let now = self.now_secs(now);
+        let key = self.hasher.hash_one(client_id);
+        if let Some(mut record) = self.clients.get_mut(&key) {
+            if now.saturating_sub(record.window_start) >= self.window {
                 record.window_start = now;
                 record.connects = 0;
             }
             record.connects += 1;
             if record.connects > self.max_connects {
-                record.banned_until = Some(now + self.ban);
+                record.banned_until = now.saturating_add(self.ban);
                 record.connects = 0;
                 record.window_start = now;
                 return true;
@@ -65,11 +85,11 @@ impl FlappingDetector {
         }
         if self.clients.len() < self.max_tracked {
             self.clients.insert(
-                client_id.into(),
+                key,
                 Record {
                     window_start: now,
+                    banned_until: 0,
                     connects: 1,
-                    banned_until: None,
                 },
             );
         }
@@ -78,10 +98,11 @@ impl FlappingDetector {
 
     /// Forgets clients whose window and ban are both over.
     pub fn sweep(&self, now: Instant) {
+        let now = self.now_secs(now);
         self.clients.retain(|_, r| {
-            now.saturating_duration_since(r.window_start) < self.window
-                || r.banned_until.is_some_and(|until| until > now)
+            now.saturating_sub(r.window_start) < self.window || r.banned_until > now
         });
+        self.clients.shrink_to_fit();
     }
 }
 
