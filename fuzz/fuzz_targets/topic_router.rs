@@ -54,8 +54,10 @@ enum Level {
 #[derive(Arbitrary, Debug, Clone)]
 struct Path {
     levels: Vec<Level>,
-    /// Insert `count` copies of a level at a position: deep filters and topics.
-    deep: Option<(u16, u16, Level)>,
+    /// Insert copies of a level at a position: deep filters and topics. Up to
+    /// 1,099 copies (around the widest level limit, 1,024), or with `huge` up
+    /// to 65,535 (as long as the 65,535-byte limit of MQTT allows).
+    deep: Option<(u16, u16, bool, Level)>,
 }
 
 impl Path {
@@ -70,13 +72,19 @@ impl Path {
             }
         };
         let mut levels: Vec<String> = self.levels.iter().map(level).collect();
-        if let Some((at, count, l)) = &self.deep {
+        if let Some((at, count, huge, l)) = &self.deep {
             let at = usize::from(*at) % (levels.len() + 1);
             let text = level(l);
             // Keep within the topic length limit, or the copies are wasted.
             let room = MAX_TOPIC_LEN.saturating_sub(levels.iter().map(|l| l.len() + 1).sum());
-            let count = usize::from(*count).min(room / (text.len() + 1));
-            levels.splice(at..at, std::iter::repeat_n(text, count));
+            let count = if *huge { *count } else { *count % 1100 };
+            let count = usize::from(count).min(room / (text.len() + 1));
+            if count > 0 {
+                // `count` copies joined by `/`, built in one go.
+                let mut copies = format!("{text}/").repeat(count);
+                copies.pop();
+                levels.insert(at, copies);
+            }
         }
         levels.join("/")
     }
@@ -142,14 +150,14 @@ fn valid_topic(topic: &str) -> bool {
 }
 
 fn within(limits: Limits, s: &str) -> bool {
-    s.len() <= limits.length && s.split('/').count() <= limits.levels
+    s.len() <= limits.length && s.split('/').nth(limits.levels).is_none()
 }
 
 /// What the broker lets reach the router: `topic::check_filter`, which
 /// must agree with the specification and the limits.
 fn filter_admitted(limits: Limits, filter: &str) -> bool {
     let checked = check_topic_filter(filter, limits.length, limits.levels);
-    let expected = valid_filter(filter) && within(limits, filter);
+    let expected = within(limits, filter) && valid_filter(filter);
     assert_eq!(checked.is_ok(), expected, "check_filter({}) = {checked:?}", short(filter));
     expected
 }
@@ -157,30 +165,28 @@ fn filter_admitted(limits: Limits, filter: &str) -> bool {
 /// `topic::check_name`, likewise.
 fn name_admitted(limits: Limits, topic: &str) -> bool {
     let checked = check_topic_name(topic, limits.length, limits.levels);
-    let expected = valid_topic(topic) && within(limits, topic);
+    let expected = within(limits, topic) && valid_topic(topic);
     assert_eq!(checked.is_ok(), expected, "check_name({}) = {checked:?}", short(topic));
     expected
 }
 
 /// MQTT §4.7: does `filter` match `topic`? Level by level, no shortcuts.
 fn reference_matches(filter: &str, topic: &str) -> bool {
-    let f: Vec<&str> = filter.split('/').collect();
-    let t: Vec<&str> = topic.split('/').collect();
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
     // §4.7.2: wildcards at the first level do not match topics starting with $.
-    if topic.starts_with('$') && (f[0] == "+" || f[0] == "#") {
+    if topic.starts_with('$') && matches!(filter.split('/').next(), Some("+" | "#")) {
         return false;
     }
-    let mut i = 0;
     loop {
-        match (f.get(i), t.get(i)) {
+        match (f.next(), t.next()) {
             (None, None) => return true,
             // `a/#` matches `a` and everything below it.
-            (Some(&"#"), _) => return true,
-            (Some(&"+"), Some(_)) => {}
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
             (Some(fl), Some(tl)) if fl == tl => {}
             _ => return false,
         }
-        i += 1;
     }
 }
 
