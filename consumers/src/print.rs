@@ -29,7 +29,9 @@ pub fn chunk_command_id(job_id: &str, index: u32, total: u32) -> String {
 fn parse_chunk_command_id(command_id: &str) -> Option<(&str, u32, u32)> {
     let (job_id, position) = command_id.rsplit_once(':')?;
     let (index, total) = position.split_once('/')?;
-    Some((job_id, index.parse().ok()?, total.parse().ok()?))
+    let (index, total): (u32, u32) = (index.parse().ok()?, total.parse().ok()?);
+    // A chunk index is below the chunk count (so `index + 1` cannot overflow).
+    (index < total).then_some((job_id, index, total))
 }
 
 impl PrintDispatcher {
@@ -201,6 +203,14 @@ impl Processor for PrintDispatcher {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn chunk_ids_need_an_index_below_the_count() {
+        assert_eq!(parse_chunk_command_id("job:1/3"), Some(("job", 1, 3)));
+        assert_eq!(parse_chunk_command_id("job:4294967295/0"), None);
+        assert_eq!(parse_chunk_command_id("job:3/3"), None);
+    }
+
     use super::*;
     use herald_schemas::v1::print_job::Content;
 

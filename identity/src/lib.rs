@@ -116,6 +116,14 @@ impl FleetKey {
         else {
             return Err(CredentialError::MalformedPassword);
         };
+        // One spelling per timestamp, as `password` writes it: digits only,
+        // no sign and no leading zero (found by fuzzing: `+1790000000` parsed).
+        let canonical = !ts.is_empty()
+            && ts.bytes().all(|b| b.is_ascii_digit())
+            && (ts == "0" || !ts.starts_with('0'));
+        if !canonical {
+            return Err(CredentialError::MalformedPassword);
+        }
         let timestamp: u64 = ts.parse().map_err(|_| CredentialError::MalformedPassword)?;
         let signature = URL_SAFE_NO_PAD
             .decode(sig)
@@ -177,6 +185,26 @@ fn password_message(device_id: &str, timestamp: u64) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_timestamp_has_one_spelling() {
+        let key = FleetKey::new(b"0123456789abcdef0123456789abcdef");
+        let device = "spk-0001";
+        let good = key.device_secret(device).password(device, 1_790_000_000);
+        assert!(key
+            .verify_password(device, good.as_bytes(), 1_790_000_000, 60)
+            .is_ok());
+        let sig = good.rsplit('.').next().unwrap();
+        for ts in ["+1790000000", "01790000000", "", " 1790000000"] {
+            let other = format!("v1.{ts}.{sig}");
+            assert_eq!(
+                key.verify_password(device, other.as_bytes(), 1_790_000_000, 60),
+                Err(CredentialError::MalformedPassword),
+                "{other}"
+            );
+        }
+    }
+
     use super::*;
 
     const NOW: u64 = 1_790_000_000;
