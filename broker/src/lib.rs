@@ -66,6 +66,10 @@ pub(crate) struct Shared {
     retained: RetainedStore,
     wills: DelayedWills,
     flapping: FlappingDetector,
+    /// Log lines about refused CONNECTs, across all clients: a client
+    /// looping on a bad password must not flood the log (the metrics count
+    /// every refusal).
+    admission_log: governor::DefaultDirectRateLimiter,
     sink: Arc<dyn UplinkSink>,
     events: Arc<dyn SessionEvents>,
     mailbox: Mailbox,

@@ -80,6 +80,9 @@ impl Broker {
             retained,
             wills: DelayedWills::default(),
             flapping,
+            admission_log: RateLimiter::direct(Quota::per_second(
+                NonZeroU32::new(ADMISSION_LOG_LINES_PER_SEC).unwrap_or(NonZeroU32::MIN),
+            )),
             sink: hooks.uplinks,
             events: hooks.session_events,
             mailbox: Default::default(),
@@ -345,6 +348,9 @@ async fn accept_loop(
         }
     }
 }
+
+/// Log lines per second about refused CONNECTs, across the node.
+const ADMISSION_LOG_LINES_PER_SEC: u32 = 10;
 
 /// The token bucket of one listener's connect rate, if one is set.
 fn connect_rate_limiter(config: &BrokerConfig) -> Option<DefaultDirectRateLimiter> {

@@ -2,6 +2,7 @@
 //! takeover and the CONNACK. A connection that passes becomes a
 //! [`Connection`]; one that does not is answered with the reason code.
 
+use super::log_gate::clip;
 use super::Connection;
 use crate::codec::{self, *};
 use crate::events::DisconnectReason;
@@ -223,7 +224,9 @@ impl Connection {
                 .auth_failures
                 .with_label_values(&[failure.as_label()])
                 .inc();
-            info!(client_id = %client_id, reason = failure.as_label(), "authentication failed");
+            if shared.admission_log.check().is_ok() {
+                info!(client_id = %clip(&client_id, 128), reason = failure.as_label(), "authentication failed");
+            }
             use crate::auth::AuthFailure;
             let (code, result) = match failure {
                 AuthFailure::Revoked => (ConnectReturnCode::Banned, "not_authorized"),
@@ -241,11 +244,13 @@ impl Connection {
                 .limits_exceeded
                 .with_label_values(&["flapping"])
                 .inc();
-            info!(
-                client_id = %client_id,
-                ban = ?config.admission.flapping_ban,
-                "client reconnects too often; refusing it for a while"
-            );
+            if shared.admission_log.check().is_ok() {
+                info!(
+                    client_id = %clip(&client_id, 128),
+                    ban = ?config.admission.flapping_ban,
+                    "client reconnects too often; refusing it for a while"
+                );
+            }
             refuse(io, ConnectReturnCode::Banned, "banned");
             return None;
         }
