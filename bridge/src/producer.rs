@@ -319,6 +319,11 @@ fn uplink_headers(uplink: &Uplink, user_property_budget: usize) -> OwnedHeaders 
     headers
 }
 
+/// First and longest pause before an uplink is produced again after a
+/// transient failure.
+const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
 /// Produces device uplinks to Kafka.
 pub struct KafkaUplinkSink {
     inner: Arc<Inner>,
@@ -333,6 +338,8 @@ struct Inner {
     produced: IntCounterVec,
     dead_letters: IntCounterVec,
     dead_letter_log: LogLimiter,
+    retries: IntCounterVec,
+    retry_log: LogLimiter,
 }
 
 impl KafkaUplinkSink {
@@ -370,7 +377,15 @@ impl KafkaUplinkSink {
         )?;
         registry.register(Box::new(produce_latency.clone()))?;
         registry.register(Box::new(produced.clone()))?;
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "herald_kafka_produce_retries_total",
+                "Uplinks produced again after a transient Kafka failure (the PUBACK still withheld), by Kafka topic.",
+            ),
+            &["topic"],
+        )?;
         registry.register(Box::new(dead_letters.clone()))?;
+        registry.register(Box::new(retries.clone()))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 producer,
@@ -381,6 +396,8 @@ impl KafkaUplinkSink {
                 produced,
                 dead_letters,
                 dead_letter_log: LogLimiter::new(Duration::from_secs(10)),
+                retries,
+                retry_log: LogLimiter::new(Duration::from_secs(10)),
             }),
         })
     }
@@ -409,23 +426,44 @@ impl Inner {
             .map_err(|(error, _record)| error)
     }
 
-    /// Waits for the first attempt; sorts a refusal into transient
-    /// (returned as is) or permanent (dead-lettered).
+    /// Waits for the first attempt; a transient refusal (Kafka down, slow,
+    /// or its queue full) is produced again with backoff for as long as the
+    /// device stays connected, the PUBACK withheld meanwhile: a Kafka outage
+    /// never closes a device's connection by itself. A permanent refusal is
+    /// dead-lettered.
     async fn deliver(
         &self,
         uplink: &Uplink,
         kafka_topic: &str,
         first: Result<DeliveryFuture, KafkaError>,
     ) -> Result<(), UplinkError> {
-        let (mut error, on_delivery) = match settled(first).await {
-            Ok(()) => return Ok(()),
-            Err(Refused::ShutDown) => return Err(UplinkError::Failed("producer shut down".into())),
-            Err(Refused::Locally(error)) => (error, false),
-            Err(Refused::OnDelivery(error)) => (error, true),
+        let mut attempt = first;
+        let mut backoff = RETRY_BACKOFF_MIN;
+        let (mut error, on_delivery) = loop {
+            let (error, on_delivery) = match settled(attempt).await {
+                Ok(()) => return Ok(()),
+                Err(Refused::ShutDown) => {
+                    return Err(UplinkError::Failed("producer shut down".into()))
+                }
+                Err(Refused::Locally(error)) => (error, false),
+                Err(Refused::OnDelivery(error)) => (error, true),
+            };
+            if permanent(&error).is_some() {
+                break (error, on_delivery);
+            }
+            self.retries.with_label_values(&[kafka_topic]).inc();
+            if let Some(suppressed) = self.retry_log.allow() {
+                tracing::warn!(
+                    device_id = %uplink.client_id, kafka_topic, %error, suppressed,
+                    "uplink not in Kafka yet; producing it again (PUBACK withheld)"
+                );
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+            attempt = self.send(uplink, kafka_topic);
         };
-        let mut kind = match permanent(&error) {
-            Some(kind) => kind,
-            None => return Err(transient(error)),
+        let Some(mut kind) = permanent(&error) else {
+            return Err(transient(error));
         };
         if kind == Rejection::TooLarge && on_delivery {
             // The broker judges a whole batch: a small record batched with

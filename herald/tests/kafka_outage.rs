@@ -1,5 +1,8 @@
 //! Nothing acknowledged is lost: while Kafka is down the PUBACK is withheld,
 //! and once Kafka is back the PUBACK arrives and the message is in Kafka.
+//! The outage outlasts `delivery_timeout` many times over, and the device's
+//! MQTT 3.1.1 connection stays open throughout: Herald produces the uplink
+//! again instead of closing the connection.
 //! Uses its own Kafka instance, so stopping it disturbs no other test.
 
 mod common;
@@ -23,7 +26,7 @@ async fn puback_waits_for_kafka_through_an_outage() {
     kafka_script(PORT, "start");
     let _stop = StopOnDrop;
     let bootstrap = format!("127.0.0.1:{PORT}");
-    let herald = Herald::start(&bootstrap, "# kafka\ndelivery_timeout = \"180s\"\n");
+    let herald = Herald::start(&bootstrap, "# kafka\ndelivery_timeout = \"2s\"\n");
     herald.wait_ready();
 
     let device = "speaker-outage";
@@ -60,6 +63,15 @@ async fn puback_waits_for_kafka_through_an_outage() {
         .await
         .expect("PUBACK once Kafka is back");
     eprintln!("PUBACK {:?} after Kafka restarted", started.elapsed());
+    assert!(
+        herald.metric_sum("herald_kafka_produce_retries_total") > 0.0,
+        "the uplink was produced again while Kafka was down"
+    );
+    assert_eq!(
+        herald.metric("herald_disconnects_total{reason=\"uplink_failed\"}"),
+        0.0,
+        "no connection closed because of the outage"
+    );
 
     let records = consume(
         &bootstrap,

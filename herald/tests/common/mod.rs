@@ -204,6 +204,18 @@ topic = "{topic_prefix}.presence"
             .unwrap_or(0.0)
     }
 
+    /// The sum of every sample of metric `name`, whatever its labels.
+    pub fn metric_sum(&self, name: &str) -> f64 {
+        let (_, body) = self.http_get("/metrics");
+        body.lines()
+            .filter(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(['{', ' ']))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     pub fn password(&self, device_id: &str) -> String {
         device_password(device_id)
     }
