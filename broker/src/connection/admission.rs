@@ -69,25 +69,26 @@ pub(super) async fn refuse_bad_connect<S: AsyncRead + AsyncWrite + Unpin>(
             .inc();
         // The CONNECT's header was read, so its version is known.
         if let Ok(Some(ProtocolVersion::V5)) = codec::sniff_protocol(&io.rbuf) {
-            let ack = ConnAck {
-                session_present: false,
-                code: ConnectReturnCode::PacketTooLarge,
-                properties: None,
-            };
-            let _ = codec::write(ProtocolVersion::V5, &Packet::ConnAck(ack), &mut io.wbuf);
+            let ack = refusal(ConnectReturnCode::PacketTooLarge);
+            let _ = codec::write(ProtocolVersion::V5, &ack, &mut io.wbuf);
             let _ = io.flush().await;
         }
     }
     if let CodecError::UnsupportedProtocol(_) = error {
         // A 3.1.1 CONNACK is what older clients understand (MQTT 5 §4.13).
-        let ack = ConnAck {
-            session_present: false,
-            code: ConnectReturnCode::RefusedProtocolVersion,
-            properties: None,
-        };
-        let _ = codec::write(ProtocolVersion::V311, &Packet::ConnAck(ack), &mut io.wbuf);
+        let ack = refusal(ConnectReturnCode::RefusedProtocolVersion);
+        let _ = codec::write(ProtocolVersion::V311, &ack, &mut io.wbuf);
         let _ = io.flush().await;
     }
+}
+
+/// The CONNACK that refuses a connection with `code`.
+fn refusal(code: ConnectReturnCode) -> Packet {
+    Packet::ConnAck(ConnAck {
+        session_present: false,
+        code,
+        properties: None,
+    })
 }
 
 /// Why the listener does not admit a new connection.
@@ -134,16 +135,12 @@ where
     if let Ok(Ok(Some((version, _)))) =
         tokio::time::timeout(deadline, read_connect(&mut io, max_packet)).await
     {
-        let ack = ConnAck {
-            session_present: false,
-            code: match why {
-                Unadmitted::ServerFull => ConnectReturnCode::ServerUnavailable,
-                // 3.1.1 clients get "server unavailable" (codec).
-                Unadmitted::RateExceeded => ConnectReturnCode::ConnectionRateExceeded,
-            },
-            properties: None,
-        };
-        let _ = codec::write(version, &Packet::ConnAck(ack), &mut io.wbuf);
+        let ack = refusal(match why {
+            Unadmitted::ServerFull => ConnectReturnCode::ServerUnavailable,
+            // 3.1.1 clients get "server unavailable" (codec).
+            Unadmitted::RateExceeded => ConnectReturnCode::ConnectionRateExceeded,
+        });
+        let _ = codec::write(version, &ack, &mut io.wbuf);
         let _ = tokio::time::timeout(deadline, io.flush()).await;
     }
 }
@@ -162,12 +159,7 @@ impl Connection {
         let config = &shared.config;
         let refuse = |io: &mut Io<S>, code: ConnectReturnCode, result: &str| {
             metrics.connects.with_label_values(&[result]).inc();
-            let ack = ConnAck {
-                session_present: false,
-                code,
-                properties: None,
-            };
-            let _ = codec::write(version, &Packet::ConnAck(ack), &mut io.wbuf);
+            let _ = codec::write(version, &refusal(code), &mut io.wbuf);
         };
 
         let limits = &config.limits;
@@ -390,7 +382,7 @@ impl Connection {
             log_gate: super::log_gate::LogGate::new(),
         };
         let properties = (version == ProtocolVersion::V5).then(|| ConnAckProperties {
-            session_expiry_interval: expiry_capped.then(|| expiry.as_secs() as u32),
+            session_expiry_interval: expiry_capped.then_some(expiry.as_secs() as u32),
             receive_max: Some(config.max_inflight_uplinks),
             max_qos: None,
             retain_available: Some(u8::from(config.retain_enabled())),
