@@ -43,21 +43,17 @@ fn check_limits(topic: &str, limits: &LimitsConfig) -> Result<(), TopicError> {
 /// Checks a topic name a client publishes to (or a downlink is sent on).
 pub(crate) fn check_name(topic: &str, limits: &LimitsConfig) -> Result<(), TopicError> {
     check_limits(topic, limits)?;
-    if valid_topic_name(topic) {
-        Ok(())
-    } else {
-        Err(TopicError::Invalid)
-    }
+    valid_topic_name(topic)
+        .then_some(())
+        .ok_or(TopicError::Invalid)
 }
 
 /// Checks a topic filter a client subscribes to.
 pub(crate) fn check_filter(filter: &str, limits: &LimitsConfig) -> Result<(), TopicError> {
     check_limits(filter, limits)?;
-    if valid_topic_filter(filter) {
-        Ok(())
-    } else {
-        Err(TopicError::Invalid)
-    }
+    valid_topic_filter(filter)
+        .then_some(())
+        .ok_or(TopicError::Invalid)
 }
 
 /// A topic name a client may publish to: UTF-8 (checked by the caller),

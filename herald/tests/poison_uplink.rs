@@ -5,12 +5,12 @@
 
 mod common;
 
-use common::{consume, free_port, kafka, unique, Herald, TempDir};
+use common::{consume, free_port, kafka, run, unique, Herald, TempDir};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 /// Bytes Kafka accepts per record batch on the uplink topic of this test.
@@ -43,17 +43,8 @@ fn mosquitto_pub(herald: &Herald, device: &str, version: &str, args: &[&str]) ->
         .args(["-V", version, "-q", "1"])
         .args(["-i", device, "-u", device, "-P", &herald.password(device)])
         .args(["-t", &format!("devices/{device}/up/scan")])
-        .args(args)
-        .stdin(Stdio::null());
-    let output = tokio::task::block_in_place(|| command.output())
-        .unwrap_or_else(|e| panic!("cannot run mosquitto_pub: {e} (run scripts/install-deps.sh)"));
-    eprintln!(
-        "mosquitto_pub {version} {device}: {}\nstdout: {}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
+        .args(args);
+    tokio::task::block_in_place(|| run(&mut command))
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -3,22 +3,9 @@
 
 mod common;
 
-use common::{consume, kafka, Herald};
-use std::process::{Command, Output, Stdio};
+use common::{consume, kafka, run, Herald};
+use std::process::{Command, Stdio};
 use std::time::Duration;
-
-fn run(command: &mut Command) -> Output {
-    let output = command
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e} (run scripts/install-deps.sh)"));
-    eprintln!(
-        "{command:?}\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn mosquitto_pub_with_device_credentials_reaches_kafka() {

@@ -347,3 +347,19 @@ pub async fn consume(bootstrap: &str, topic: &str, want: usize, wait: Duration) 
     }
     records
 }
+
+/// Runs a client tool (mosquitto_pub, python3, ...) to completion with no
+/// stdin and prints what it said, for the test log.
+pub fn run(command: &mut std::process::Command) -> std::process::Output {
+    let output = command
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e} (run scripts/install-deps.sh)"));
+    eprintln!(
+        "{command:?}: {}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
