@@ -734,6 +734,7 @@ mod tests {
             payload: bytes::Bytes::from_static(b"x"),
             qos: 1,
             retain: false,
+            dup: false,
             received_at: std::time::SystemTime::now(),
             user_properties: vec![("a".into(), "1".repeat(100)), ("b".into(), "2".into())],
         };

@@ -256,6 +256,7 @@ impl Shared {
             payload: message.payload.clone(),
             qos: qos as u8,
             retain: message.retain,
+            dup: false,
             received_at: std::time::SystemTime::now(),
             user_properties: Vec::new(),
         };

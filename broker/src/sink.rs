@@ -22,6 +22,9 @@ pub struct Uplink {
     /// MQTT QoS, 0 to 2.
     pub qos: u8,
     pub retain: bool,
+    /// The client marked this PUBLISH as a retransmission (MQTT DUP flag):
+    /// downstream it may already have arrived once.
+    pub dup: bool,
     /// When the broker read the PUBLISH.
     pub received_at: SystemTime,
     /// MQTT 5 user properties, passed through.

@@ -151,7 +151,7 @@ impl Connection {
             .messages_received
             .with_label_values(&[qos_label(publish.qos)])
             .inc();
-        let (pkid, qos) = (publish.pkid, publish.qos);
+        let (pkid, qos, dup) = (publish.pkid, publish.qos, publish.dup);
         let limits = &self.shared.config.limits;
         let checked = std::str::from_utf8(&publish.topic)
             .map_err(|_| TopicError::Invalid)
@@ -264,6 +264,7 @@ impl Connection {
             payload: message.payload,
             qos: qos as u8,
             retain: message.retain,
+            dup,
             received_at: SystemTime::now(),
             user_properties,
         };
