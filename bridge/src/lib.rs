@@ -13,6 +13,7 @@
 mod config;
 mod downlink;
 mod health;
+pub mod message_id;
 mod presence;
 mod producer;
 mod rules;

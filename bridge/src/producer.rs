@@ -9,6 +9,7 @@
 //! the dead letter, reported to the broker as [`UplinkError::Rejected`].
 
 use crate::config::{KafkaConfig, RECORD_MARGIN, RESERVED_PRODUCER_OPTIONS};
+use crate::message_id::message_id;
 use crate::rules::TopicRules;
 use crate::BridgeError;
 use herald_broker::{Rejection, Uplink, UplinkAck, UplinkError, UplinkSink};
@@ -31,6 +32,13 @@ pub mod header {
     pub const QOS: &str = "herald-qos";
     /// When Herald read the PUBLISH, milliseconds since the Unix epoch.
     pub const RECEIVED_AT: &str = "herald-received-at";
+    /// The uplink's stable identity, `<device_id>:<32 hex digits>`: the same
+    /// for every retransmission of a message (see [`crate::message_id`]).
+    pub const MESSAGE_ID: &str = "herald-message-id";
+    /// `1` when the device marked the PUBLISH as a retransmission (MQTT DUP
+    /// flag), else `0`. Always written, so that a record without it is known
+    /// to come from elsewhere (or from a Herald before this header).
+    pub const DUP: &str = "herald-dup";
     /// Prefix of headers carrying MQTT 5 user properties.
     pub const USER_PROPERTY_PREFIX: &str = "mqtt-user-";
     /// Dead letters: Kafka's error for the uplink, e.g. `Message production
@@ -284,10 +292,14 @@ fn millis_since_epoch(uplink: &Uplink) -> i64 {
 
 /// Herald's headers for `uplink`, with its MQTT 5 user properties as long
 /// as their names and values stay within `user_property_budget` bytes.
+/// Herald's own headers (device id, topic, QoS, reception time, message id,
+/// DUP) come first and always: the budget only limits the user properties.
 fn uplink_headers(uplink: &Uplink, user_property_budget: usize) -> OwnedHeaders {
     let qos = uplink.qos.to_string();
     let received = millis_since_epoch(uplink).to_string();
-    let mut headers = OwnedHeaders::new_with_capacity(8 + uplink.user_properties.len())
+    let message_id = message_id(&uplink.client_id, &uplink.topic, &uplink.payload);
+    let dup: &[u8] = if uplink.dup { b"1" } else { b"0" };
+    let mut headers = OwnedHeaders::new_with_capacity(10 + uplink.user_properties.len())
         .insert(Header {
             key: header::DEVICE_ID,
             value: Some(uplink.client_id.as_bytes()),
@@ -303,6 +315,14 @@ fn uplink_headers(uplink: &Uplink, user_property_budget: usize) -> OwnedHeaders 
         .insert(Header {
             key: header::RECEIVED_AT,
             value: Some(received.as_bytes()),
+        })
+        .insert(Header {
+            key: header::MESSAGE_ID,
+            value: Some(message_id.as_bytes()),
+        })
+        .insert(Header {
+            key: header::DUP,
+            value: Some(dup),
         });
     let mut used = 0usize;
     for (name, value) in &uplink.user_properties {
@@ -738,9 +758,53 @@ mod tests {
             received_at: std::time::SystemTime::now(),
             user_properties: vec![("a".into(), "1".repeat(100)), ("b".into(), "2".into())],
         };
-        assert_eq!(uplink_headers(&uplink, usize::MAX).count(), 6);
-        assert_eq!(uplink_headers(&uplink, 120).count(), 5);
-        assert_eq!(uplink_headers(&uplink, 10).count(), 4);
+        assert_eq!(uplink_headers(&uplink, usize::MAX).count(), 8);
+        assert_eq!(uplink_headers(&uplink, 120).count(), 7);
+        // Herald's own six headers whatever the budget.
+        assert_eq!(uplink_headers(&uplink, 10).count(), 6);
+        assert_eq!(uplink_headers(&uplink, 0).count(), 6);
+    }
+
+    fn header_value<'a>(headers: &'a OwnedHeaders, name: &str) -> Option<&'a str> {
+        use rdkafka::message::Headers as _;
+        headers
+            .iter()
+            .find(|h| h.key == name)
+            .and_then(|h| std::str::from_utf8(h.value?).ok())
+    }
+
+    #[test]
+    fn a_retransmission_keeps_its_message_id_and_is_marked_dup() {
+        let first = Uplink {
+            client_id: "scanbox-1".into(),
+            topic: "devices/scanbox-1/up/scan".into(),
+            payload: bytes::Bytes::from_static(b"scan s-1"),
+            qos: 1,
+            retain: false,
+            dup: false,
+            received_at: std::time::SystemTime::now(),
+            user_properties: Vec::new(),
+        };
+        let resent = Uplink {
+            dup: true,
+            received_at: first.received_at + Duration::from_secs(30),
+            ..first.clone()
+        };
+        let other = Uplink {
+            payload: bytes::Bytes::from_static(b"scan s-2"),
+            ..first.clone()
+        };
+        let (first, resent, other) = (
+            uplink_headers(&first, usize::MAX),
+            uplink_headers(&resent, usize::MAX),
+            uplink_headers(&other, usize::MAX),
+        );
+        let id = header_value(&first, header::MESSAGE_ID).unwrap();
+        assert!(id.starts_with("scanbox-1:") && id.len() == "scanbox-1:".len() + 32);
+        assert_eq!(header_value(&resent, header::MESSAGE_ID), Some(id));
+        assert_ne!(header_value(&other, header::MESSAGE_ID), Some(id));
+        assert_eq!(header_value(&first, header::DUP), Some("0"));
+        assert_eq!(header_value(&resent, header::DUP), Some("1"));
     }
 
     #[test]
