@@ -192,8 +192,12 @@ impl DownlinkBridge {
             .map(|producer| Flusher::new(producer, "receipts"))
     }
 
-    /// Consumes until `shutdown`, then commits what is handled.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Consumes until `drain` (or `shutdown`); then waits, until
+    /// `shutdown`, for the commands in flight to settle (their devices
+    /// acknowledge while the broker drains), and commits what is handled.
+    /// What is still unsettled at `shutdown` stays uncommitted and is
+    /// delivered again after the next rebalance.
+    pub async fn run(self, drain: CancellationToken, shutdown: CancellationToken) {
         let Some(consumer) = self.consumer.clone() else {
             return;
         };
@@ -202,11 +206,11 @@ impl DownlinkBridge {
         let slots = Arc::new(Semaphore::new(this.max_inflight));
         loop {
             let permit = tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = drain.cancelled() => break,
                 permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
             };
             let message = tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = drain.cancelled() => break,
                 message = consumer.recv() => message,
             };
             let message = match message {
@@ -263,8 +267,18 @@ impl DownlinkBridge {
                 }
             });
         }
-        info!("downlink consumer stopping; committing handled offsets");
-        if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+        info!("downlink consumer stopped; waiting for the commands in flight");
+        let all = u32::try_from(this.max_inflight).unwrap_or(u32::MAX);
+        tokio::select! {
+            _ = slots.acquire_many(all) => {}
+            _ = shutdown.cancelled() => {}
+        }
+        info!("committing handled downlink offsets");
+        // A synchronous commit waits on the network: not on a runtime thread.
+        let committed =
+            tokio::task::spawn_blocking(move || consumer.commit_consumer_state(CommitMode::Sync))
+                .await;
+        if let Ok(Err(error)) = committed {
             debug!(%error, "final downlink offset commit");
         }
     }

@@ -36,8 +36,25 @@ pub struct BrokerConfig {
     /// QoS 1/2 messages sent to one client and not yet acknowledged. Default 32.
     pub max_inflight_downlinks: u16,
     /// Messages queued for one session (offline, or beyond the in-flight
-    /// window); the oldest is dropped and counted past it. Default 1000.
+    /// window). What happens past it is `queue_full_policy`. Default 1000.
     pub max_queued_messages: usize,
+    /// What a full session queue does to new messages. `backpressure`
+    /// (default): a QoS 1/2 message is never dropped for lack of room: it is
+    /// queued, and the publisher's PUBACK (PUBREC) waits until the connected
+    /// subscriber's queue is below `max_queued_messages` again, which stops
+    /// the publisher at its in-flight window. QoS 0 messages drop the oldest
+    /// QoS 0 message queued (or themselves). An offline session's queue
+    /// stores `max_queued_messages` and refuses further messages (counted as
+    /// `offline_queue_full`): a session that is away cannot make room, and
+    /// waiting for it would stall every publisher. `drop_oldest`: the
+    /// oldest message of any QoS is dropped (Mosquitto's and EMQX's behaviour).
+    pub queue_full_policy: QueueFullPolicy,
+    /// A connected subscriber whose queue stays full this long without
+    /// acknowledging anything is disconnected (`slow_subscriber`; its
+    /// session and queue stay), so one stalled client cannot hold its
+    /// publishers back for longer. Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub slow_subscriber_timeout: Duration,
     /// How long an offline persistent session is kept: the session expiry of
     /// 3.1.1 clients with clean session = 0 and the cap on what MQTT 5
     /// clients ask for. Default 2h.
@@ -50,7 +67,20 @@ pub struct BrokerConfig {
     /// `false` in device mode, where uplinks exist to reach Kafka and a
     /// retained uplink would be broker state that any device could grow.
     pub retain_available: Option<bool>,
-    /// How long shutdown waits for connections to close. Default 10s.
+    /// How long a graceful shutdown (SIGTERM) spreads the closing of its
+    /// connections over, at most: each connection closes at a random moment
+    /// within `min(drain_period, connections / drain_rate)`, after its
+    /// uplinks already handed to Kafka are acknowledged. Default 20s.
+    #[serde(with = "humantime_serde")]
+    pub drain_period: Duration,
+    /// Connections closed per second during a drain, on average; with few
+    /// connections the drain ends sooner than `drain_period`. Default 1000.
+    pub drain_rate: u32,
+    /// MQTT 5 Server Reference sent with DISCONNECT 0x8B "server shutting
+    /// down" (another node or the load balancer's name). Default: none.
+    pub server_reference: Option<String>,
+    /// How long shutdown waits for connections to close after the drain
+    /// (or at once, without a drain) before dropping them. Default 10s.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     /// Device authentication and topic ACL.
@@ -74,15 +104,31 @@ impl Default for BrokerConfig {
             max_inflight_uplinks_total: 100_000,
             max_inflight_downlinks: 32,
             max_queued_messages: 1000,
+            queue_full_policy: QueueFullPolicy::Backpressure,
+            slow_subscriber_timeout: Duration::from_secs(30),
             session_expiry: Duration::from_secs(2 * 3600),
             max_keepalive_secs: 0,
             retain_available: None,
+            drain_period: Duration::from_secs(20),
+            drain_rate: 1000,
+            server_reference: None,
             shutdown_grace: Duration::from_secs(10),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             admission: AdmissionConfig::default(),
         }
     }
+}
+
+/// What a full session queue does (`broker.queue_full_policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueFullPolicy {
+    /// Slow the publishers down; never drop a QoS 1/2 message of a connected
+    /// subscriber. The default.
+    Backpressure,
+    /// Drop the oldest queued message.
+    DropOldest,
 }
 
 /// Limits on one client's input and on the state it makes the broker hold
@@ -345,6 +391,18 @@ impl BrokerConfig {
         }
         if self.max_connections == Some(0) {
             return Err(invalid("broker.max_connections", "must be at least 1"));
+        }
+        if self.slow_subscriber_timeout.is_zero() {
+            return Err(invalid(
+                "broker.slow_subscriber_timeout",
+                "must be positive",
+            ));
+        }
+        if self.drain_rate == 0 {
+            return Err(invalid("broker.drain_rate", "must be at least 1"));
+        }
+        if self.max_queued_messages == 0 {
+            return Err(invalid("broker.max_queued_messages", "must be at least 1"));
         }
         if self.connect_timeout.is_zero() {
             return Err(invalid("broker.connect_timeout", "must be positive"));

@@ -36,7 +36,8 @@ mod topic;
 mod wills;
 
 pub use config::{
-    AdmissionConfig, AuthConfig, AuthMode, BrokerConfig, ConfigError, LimitsConfig, TlsConfig,
+    AdmissionConfig, AuthConfig, AuthMode, BrokerConfig, ConfigError, LimitsConfig,
+    QueueFullPolicy, TlsConfig,
 };
 pub use downlink::{DeliveryOutcome, DeliveryTicket, Downlink, DownlinkRefusal};
 pub use events::{DisconnectReason, NoSessionEvents, SessionEvents};
@@ -80,6 +81,9 @@ pub(crate) struct Shared {
     connected: AtomicUsize,
     /// Bumped when the revocation list changes, so connections re-check.
     revocations: AtomicU64,
+    /// Cancelled when a graceful shutdown begins: listeners stop accepting
+    /// and connections close, spread over the drain time.
+    drain: CancellationToken,
     shutdown: CancellationToken,
 }
 
@@ -187,24 +191,60 @@ impl Shared {
             let qos = granted(&topic)
                 .unwrap_or(QoS::AtLeastOnce)
                 .min_qos(QoS::AtLeastOnce);
-            if let Offer::DroppedOldest = session.offer(
+            let offer = session.offer(
                 session::Queued { qos, ..queued },
                 self.config.max_queued_messages,
-            ) {
-                self.metrics
-                    .messages_dropped
-                    .with_label_values(&["queue_full"])
-                    .inc();
-            }
+                self.config.queue_full_policy,
+            );
+            self.count_offer(&offer);
         }
+    }
+
+    /// How long after the start of a drain connection `generation` closes:
+    /// spread evenly over `min(drain_period, connections / drain_rate)`, so
+    /// the fleet reconnects elsewhere as a stream rather than a burst.
+    fn drain_delay(&self, generation: u64) -> std::time::Duration {
+        let connections = self.connected.load(Ordering::Relaxed) as f64;
+        let window = (connections / f64::from(self.config.drain_rate.max(1)))
+            .min(self.config.drain_period.as_secs_f64());
+        // Generations are consecutive; a Fibonacci hash scatters them over [0, 1).
+        let spread =
+            (generation.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
+        std::time::Duration::from_secs_f64(window * spread)
     }
 
     fn revocation_epoch(&self) -> u64 {
         self.revocations.load(Ordering::Relaxed)
     }
 
-    /// Delivers a message to the local subscribers of `topic` and keeps it if retained.
-    fn route(&self, from: Option<&Arc<Session>>, topic: &str, message: &Message, qos: QoS) {
+    /// Counts what a full queue did to an offered message.
+    fn count_offer(&self, offer: &Offer) {
+        let reason = match offer {
+            Offer::Queued => return,
+            Offer::QueuedFull => {
+                self.metrics.backpressure_waits.inc();
+                return;
+            }
+            Offer::DroppedOldest => "queue_full",
+            Offer::DroppedOffline => "offline_qos0",
+            Offer::RefusedFull => "offline_queue_full",
+        };
+        self.metrics
+            .messages_dropped
+            .with_label_values(&[reason])
+            .inc();
+    }
+
+    /// Delivers a message to the local subscribers of `topic` and keeps it
+    /// if retained. Returns the subscribers whose queue it filled: under
+    /// backpressure the publisher's acknowledgement waits for their room.
+    fn route(
+        &self,
+        from: Option<&Arc<Session>>,
+        topic: &str,
+        message: &Message,
+        qos: QoS,
+    ) -> Vec<Arc<Session>> {
         if message.retain && self.config.retain_enabled() {
             if let Err(refused) = self.retained.retain(topic, message) {
                 self.metrics
@@ -214,6 +254,7 @@ impl Shared {
             }
         }
         let mut targets = Vec::new();
+        let mut congested = Vec::new();
         self.router.matches(topic, &mut targets);
         for (session, options) in targets {
             if options.no_local && from.is_some_and(|f| Arc::ptr_eq(f, &session)) {
@@ -227,25 +268,23 @@ impl Shared {
                 retain: options.retain_as_published && message.retain,
                 downlink: None,
             };
-            match session.offer(queued, self.config.max_queued_messages) {
-                Offer::Queued => {}
-                Offer::DroppedOldest => self
-                    .metrics
-                    .messages_dropped
-                    .with_label_values(&["queue_full"])
-                    .inc(),
-                Offer::DroppedOffline => self
-                    .metrics
-                    .messages_dropped
-                    .with_label_values(&["offline_qos0"])
-                    .inc(),
+            let offer = session.offer(
+                queued,
+                self.config.max_queued_messages,
+                self.config.queue_full_policy,
+            );
+            self.count_offer(&offer);
+            if let Offer::QueuedFull = offer {
+                congested.push(session);
             }
         }
+        congested
     }
 
     /// Publishes a will: to local subscribers, and to the sink without anyone
     /// waiting for the acknowledgement.
     fn publish_will(&self, session: &Arc<Session>, topic: &Arc<str>, message: &Message, qos: QoS) {
+        // Nobody waits for a will's acknowledgement, so nothing to hold back.
         self.route(Some(session), topic, message, qos);
         if !self.sink.wants(topic) {
             return;

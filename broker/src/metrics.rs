@@ -20,6 +20,7 @@ pub(crate) struct Metrics {
     pub uplink_failures: IntCounter,
     pub uplinks_rejected: IntCounterVec,
     pub limits_exceeded: IntCounterVec,
+    pub backpressure_waits: IntCounter,
 }
 
 impl Metrics {
@@ -40,6 +41,11 @@ impl Metrics {
             "Uplinks the sink could not deliver (the device got a negative or no acknowledgement).",
         )?;
         registry.register(Box::new(uplink_failures.clone()))?;
+        let backpressure_waits = IntCounter::new(
+            "herald_backpressure_waits_total",
+            "QoS 1/2 messages that filled a subscriber's queue, so their publisher's acknowledgement waited for room.",
+        )?;
+        registry.register(Box::new(backpressure_waits.clone()))?;
         Ok(Self {
             connections: gauge(
                 "herald_connections",
@@ -105,6 +111,7 @@ impl Metrics {
                 "Client input refused because it exceeded a configured limit, by limit.",
                 &["limit"],
             )?,
+            backpressure_waits,
         })
     }
 }

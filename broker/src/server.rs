@@ -90,6 +90,7 @@ impl Broker {
             max_connections,
             connected: AtomicUsize::new(0),
             revocations: AtomicU64::new(0),
+            drain: CancellationToken::new(),
             shutdown,
         });
         if let Some(path) = &shared.config.auth.revocation_file {
@@ -152,12 +153,34 @@ impl Broker {
         self.shared.connected.load(Ordering::Relaxed)
     }
 
-    /// Waits for shutdown, then for connections to close (up to the
-    /// configured grace period).
+    /// A token that starts a graceful shutdown when cancelled (what SIGTERM
+    /// does): the listeners stop accepting, and every connection closes at
+    /// its moment within the drain time (`drain_period`, `drain_rate`),
+    /// once the uplinks it has in flight are answered. Wills are not
+    /// published. [`Broker::wait`] returns when all are closed.
+    pub fn drain_trigger(&self) -> CancellationToken {
+        self.shared.drain.clone()
+    }
+
+    /// Waits for a drain or the shutdown token, then for connections to
+    /// close: after a drain within `drain_period + shutdown_grace`, after a
+    /// plain shutdown within `shutdown_grace`. Cancels the shutdown token
+    /// for what is left.
     pub async fn wait(self) {
-        self.shared.shutdown.cancelled().await;
+        let config = &self.shared.config;
+        let limit = tokio::select! {
+            _ = self.shared.shutdown.cancelled() => config.shutdown_grace,
+            _ = self.shared.drain.cancelled() => {
+                info!(
+                    connections = self.shared.connected.load(Ordering::Relaxed),
+                    drain_period = ?config.drain_period,
+                    "draining: listeners closed, connections closing"
+                );
+                config.drain_period + config.shutdown_grace
+            }
+        };
         self.tracker.close();
-        if tokio::time::timeout(self.shared.config.shutdown_grace, self.tracker.wait())
+        if tokio::time::timeout(limit, self.tracker.wait())
             .await
             .is_err()
         {
@@ -166,6 +189,7 @@ impl Broker {
                 "shutdown grace period over; dropping connections"
             );
         }
+        self.shared.shutdown.cancel();
     }
 }
 
@@ -267,6 +291,7 @@ async fn accept_loop(
     loop {
         let accepted = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
+            _ = shared.drain.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         let (stream, _peer) = match accepted {

@@ -8,6 +8,7 @@
 //! late can never take a session away from a newer connection.
 
 use crate::codec::{PublishProperties, QoS};
+use crate::config::QueueFullPolicy;
 use crate::downlink::{DeliveryOutcome, DownlinkRefusal, DownlinkTag};
 use bytes::Bytes;
 use dashmap::mapref::entry::Entry;
@@ -84,9 +85,26 @@ pub(crate) struct SessionState {
     pub next_pkid: u16,
     /// QoS 2 packet ids received and not yet released by PUBREL.
     pub incoming_qos2: Vec<u16>,
+    /// Publishers waiting for room in `queue` (backpressure); created the
+    /// first time the queue fills, so idle sessions do not pay for it.
+    pub room: Option<Arc<Notify>>,
 }
 
 impl SessionState {
+    /// Whether a publisher waiting on this session may go on: the queue is
+    /// below `max`, or nobody is attached to drain it (the messages stay
+    /// queued for the session; waiting could only stall the publisher).
+    pub fn has_room(&self, max: usize) -> bool {
+        self.queue.len() < max || self.attachment.is_none() || self.discarded
+    }
+
+    /// Wakes the publishers waiting for room, if the session has some now.
+    pub fn release_waiters(&self, max: usize) {
+        if let Some(room) = self.room.as_ref().filter(|_| self.has_room(max)) {
+            room.notify_waiters();
+        }
+    }
+
     pub fn allocate_pkid(&mut self) -> u16 {
         loop {
             self.next_pkid = self.next_pkid.wrapping_add(1);
@@ -104,12 +122,20 @@ pub(crate) struct Session {
 }
 
 /// What happened to a message offered to a session.
+#[derive(Debug)]
 pub(crate) enum Offer {
     Queued,
-    /// The session's queue was full; the oldest message was dropped.
+    /// Queued at or over the limit (backpressure): the publisher's
+    /// acknowledgement waits for [`Session::room`].
+    QueuedFull,
+    /// The session's queue was full; the oldest message (of QoS 0 under
+    /// backpressure, or the new QoS 0 message itself) was dropped.
     DroppedOldest,
     /// QoS 0 message for an offline session: not kept.
     DroppedOffline,
+    /// Backpressure, queue full, and nobody attached to make room (or a
+    /// downlink, which waits in Kafka instead): not queued.
+    RefusedFull,
 }
 
 impl Session {
@@ -133,24 +159,74 @@ impl Session {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queues a message for the client and wakes its connection.
-    pub fn offer(&self, queued: Queued, max_queued: usize) -> Offer {
+    /// Queues a message for the client and wakes its connection; a full
+    /// queue is handled by `policy` (see `broker.queue_full_policy`).
+    pub fn offer(&self, queued: Queued, max_queued: usize, policy: QueueFullPolicy) -> Offer {
         let mut state = self.lock();
         if state.attachment.is_none() && queued.qos == QoS::AtMostOnce {
             return Offer::DroppedOffline;
         }
         let mut outcome = Offer::Queued;
         if state.queue.len() >= max_queued {
-            if let Some(tag) = state.queue.pop_front().and_then(|dropped| dropped.downlink) {
-                tag.settle(DeliveryOutcome::Refused(DownlinkRefusal::QueueFull));
+            match policy {
+                QueueFullPolicy::DropOldest => {
+                    if let Some(tag) = state.queue.pop_front().and_then(|dropped| dropped.downlink)
+                    {
+                        tag.settle(DeliveryOutcome::Refused(DownlinkRefusal::QueueFull));
+                    }
+                    outcome = Offer::DroppedOldest;
+                }
+                QueueFullPolicy::Backpressure if queued.qos == QoS::AtMostOnce => {
+                    let oldest_qos0 = state.queue.iter().position(|q| q.qos == QoS::AtMostOnce);
+                    match oldest_qos0.and_then(|at| state.queue.remove(at)) {
+                        Some(dropped) => {
+                            if let Some(tag) = dropped.downlink {
+                                tag.settle(DeliveryOutcome::Refused(DownlinkRefusal::QueueFull));
+                            }
+                        }
+                        None => return Offer::DroppedOldest,
+                    }
+                    outcome = Offer::DroppedOldest;
+                }
+                QueueFullPolicy::Backpressure => {
+                    if state.attachment.is_none() || queued.downlink.is_some() {
+                        if let Some(tag) = queued.downlink {
+                            tag.settle(DeliveryOutcome::Refused(DownlinkRefusal::QueueFull));
+                        }
+                        return Offer::RefusedFull;
+                    }
+                    outcome = Offer::QueuedFull;
+                }
             }
-            outcome = Offer::DroppedOldest;
         }
         state.queue.push_back(queued);
         if let Some(attachment) = &state.attachment {
             attachment.wake.notify_one();
         }
         outcome
+    }
+
+    /// Completes once the session has room for more messages (see
+    /// [`SessionState::has_room`]): what a publisher's acknowledgement waits
+    /// for under backpressure.
+    pub async fn room(self: Arc<Self>, max_queued: usize) {
+        loop {
+            let room = {
+                let mut state = self.lock();
+                if state.has_room(max_queued) {
+                    return;
+                }
+                state.room.get_or_insert_with(Default::default).clone()
+            };
+            let notified = room.notified();
+            tokio::pin!(notified);
+            // Registered before the second look, so a release in between is not missed.
+            notified.as_mut().enable();
+            if self.lock().has_room(max_queued) {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -255,6 +331,7 @@ impl Registry {
                 });
                 if clean_start {
                     state.discarded = true;
+                    state.release_waiters(usize::MAX);
                     drop(state);
                     let session = fresh(entry.key().clone());
                     entry.insert(session.clone());
@@ -291,6 +368,7 @@ impl Registry {
             }
             state.attachment = None;
             state.offline_since = Some(Instant::now());
+            state.release_waiters(usize::MAX);
             if !state.expiry.is_zero() {
                 return None;
             }
@@ -441,19 +519,19 @@ mod tests {
             downlink: None,
         };
         assert!(matches!(
-            session.offer(msg(QoS::AtMostOnce), 2),
+            session.offer(msg(QoS::AtMostOnce), 2, QueueFullPolicy::DropOldest),
             Offer::DroppedOffline
         ));
         assert!(matches!(
-            session.offer(msg(QoS::AtLeastOnce), 2),
+            session.offer(msg(QoS::AtLeastOnce), 2, QueueFullPolicy::DropOldest),
             Offer::Queued
         ));
         assert!(matches!(
-            session.offer(msg(QoS::AtLeastOnce), 2),
+            session.offer(msg(QoS::AtLeastOnce), 2, QueueFullPolicy::DropOldest),
             Offer::Queued
         ));
         assert!(matches!(
-            session.offer(msg(QoS::AtLeastOnce), 2),
+            session.offer(msg(QoS::AtLeastOnce), 2, QueueFullPolicy::DropOldest),
             Offer::DroppedOldest
         ));
         assert_eq!(session.lock().queue.len(), 2);

@@ -1,6 +1,6 @@
 //! HTTP endpoints for operators: `/metrics` (Prometheus text format),
-//! `/healthz` (the process is alive) and `/readyz` (the MQTT listener is up
-//! and Kafka is reachable).
+//! `/healthz` (the process is alive) and `/readyz` (the MQTT listener is up,
+//! Kafka is reachable and the node is not draining).
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 struct Probe {
     registry: prometheus::Registry,
     kafka: KafkaHealth,
+    draining: CancellationToken,
 }
 
 /// Binds the HTTP listener and serves until `shutdown`.
@@ -23,6 +24,7 @@ pub async fn serve(
     listen: SocketAddr,
     registry: prometheus::Registry,
     kafka: KafkaHealth,
+    draining: CancellationToken,
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(listen)
@@ -33,7 +35,11 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(Probe { registry, kafka });
+        .with_state(Probe {
+            registry,
+            kafka,
+            draining,
+        });
     Ok(tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -57,10 +63,13 @@ async fn metrics(State(probe): State<Probe>) -> impl IntoResponse {
     }
 }
 
-/// The MQTT listener is bound before this server starts, so readiness only
-/// depends on Kafka.
+/// The MQTT listener is bound before this server starts, so readiness
+/// depends on Kafka and on the drain: a draining node turns unready first,
+/// so the load balancer sends no new connections to it.
 async fn ready(State(probe): State<Probe>) -> impl IntoResponse {
-    if probe.kafka.is_reachable() {
+    if probe.draining.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else if probe.kafka.is_reachable() {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "kafka unreachable\n")

@@ -131,6 +131,7 @@ async fn run(config: HeraldConfig) -> anyhow::Result<()> {
         session_events: presence.clone(),
     };
     let broker = Broker::start(config.broker.clone(), hooks, &registry, shutdown.clone()).await?;
+    let drain = broker.drain_trigger();
     let downlinks = DownlinkBridge::new(
         &config.kafka,
         &config.broker.auth.topic_prefix,
@@ -139,10 +140,19 @@ async fn run(config: HeraldConfig) -> anyhow::Result<()> {
     )
     .context("cannot create the Kafka downlink consumer")?;
     let receipts = downlinks.receipts_flusher();
-    let downlink_task = tokio::spawn(downlinks.run(shutdown.clone()));
-    let http = http::serve(config.http.listen, registry, kafka_health, shutdown.clone()).await?;
+    let downlink_task = tokio::spawn(downlinks.run(drain.clone(), shutdown.clone()));
+    let http = http::serve(
+        config.http.listen,
+        registry,
+        kafka_health,
+        drain.clone(),
+        shutdown.clone(),
+    )
+    .await?;
 
-    tokio::spawn(wait_for_signal(shutdown.clone()));
+    tokio::spawn(wait_for_signal(drain));
+    // A drain (SIGTERM) ends here once every connection closed, or after
+    // drain_period + shutdown_grace; then `shutdown` stops everything else.
     broker.wait().await;
     let _ = downlink_task.await;
     tracing::info!("flushing the Kafka producers");
@@ -160,7 +170,8 @@ async fn run(config: HeraldConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal(shutdown: CancellationToken) {
+/// SIGTERM or Ctrl-C starts the drain (docs/operations.md, "Shutdown").
+async fn wait_for_signal(drain: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = match signal(SignalKind::terminate()) {
         Ok(s) => s,
@@ -173,8 +184,8 @@ async fn wait_for_signal(shutdown: CancellationToken) {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
     }
-    tracing::info!("shutdown requested");
-    shutdown.cancel();
+    tracing::info!("shutdown requested; draining");
+    drain.cancel();
 }
 
 fn print_credentials(

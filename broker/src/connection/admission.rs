@@ -357,7 +357,7 @@ impl Connection {
             keepalive = config.max_keepalive_secs;
             server_keepalive = Some(keepalive);
         }
-        let conn = Connection {
+        let mut conn = Connection {
             shared: shared.clone(),
             session,
             generation,
@@ -380,6 +380,9 @@ impl Connection {
             client_max_packet: props.max_packet_size.map_or(usize::MAX, |m| m as usize),
             revocation_epoch: shared.revocation_epoch(),
             log_gate: super::log_gate::LogGate::new(),
+            congested_since: None,
+            drain_close_at: None,
+            closing: false,
         };
         let properties = (version == ProtocolVersion::V5).then(|| ConnAckProperties {
             session_expiry_interval: expiry_capped.then_some(expiry.as_secs() as u32),

@@ -21,6 +21,8 @@ pub(crate) enum CloseReason {
     /// An MQTT 3.1.1 client went over a limit its protocol has no code for.
     LimitExceeded,
     UplinkFailed,
+    /// Its queue stayed full without progress for `slow_subscriber_timeout`.
+    SlowSubscriber,
     IoError,
 }
 
@@ -39,6 +41,7 @@ impl CloseReason {
             Self::NotAuthorized => "not_authorized",
             Self::LimitExceeded => "limit_exceeded",
             Self::UplinkFailed => "uplink_failed",
+            Self::SlowSubscriber => "slow_subscriber",
             Self::IoError => "io_error",
         }
     }
@@ -54,6 +57,7 @@ impl CloseReason {
             Self::NotAuthorized => DisconnectReasonCode::NotAuthorized,
             Self::LimitExceeded => DisconnectReasonCode::QuotaExceeded,
             Self::UplinkFailed => DisconnectReasonCode::UnspecifiedError,
+            Self::SlowSubscriber => DisconnectReasonCode::QuotaExceeded,
             Self::Normal | Self::NormalWithWill | Self::PeerClosed | Self::IoError => return None,
         })
     }

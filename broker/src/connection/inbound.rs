@@ -247,40 +247,58 @@ impl Connection {
             retain: publish.retain,
             properties: publish.properties.map(Arc::new),
         };
-        self.shared
+        let congested = self
+            .shared
             .route(Some(&self.session), &topic, &message, qos);
-        if !wanted {
-            return self.settle(out, pkid, qos, Settled::Accepted);
-        }
-        let slot = self.take_inflight_slot();
-        let user_properties = message
-            .properties
-            .as_ref()
-            .map(|p| p.user_properties.clone())
-            .unwrap_or_default();
-        let uplink = Uplink {
-            client_id: self.session.client_id.clone(),
-            topic,
-            payload: message.payload,
-            qos: qos as u8,
-            retain: message.retain,
-            dup,
-            received_at: SystemTime::now(),
-            user_properties,
+        // Backpressure: the acknowledgement waits until the subscribers whose
+        // queue this message filled have room again. Not for the client's own
+        // session: it could never make room while its reading is paused.
+        let max_queued = self.shared.config.max_queued_messages;
+        let room: Vec<_> = congested
+            .into_iter()
+            .filter(|s| !Arc::ptr_eq(s, &self.session))
+            .map(|s| s.room(max_queued))
+            .collect();
+        let room = (!room.is_empty()).then(|| futures::future::join_all(room));
+        let sink_wait = if wanted {
+            let user_properties = message
+                .properties
+                .as_ref()
+                .map(|p| p.user_properties.clone())
+                .unwrap_or_default();
+            self.shared.sink.submit(Uplink {
+                client_id: self.session.client_id.clone(),
+                topic,
+                payload: message.payload,
+                qos: qos as u8,
+                retain: message.retain,
+                dup,
+                received_at: SystemTime::now(),
+                user_properties,
+            })
+        } else {
+            None
         };
-        match self.shared.sink.submit(uplink) {
-            Some(wait) => {
-                self.pending.push_back(PendingAck {
-                    pkid,
-                    qos,
-                    wait: Some(wait),
-                    settled: None,
-                    _slot: slot,
-                });
-                Ok(())
-            }
-            None => self.settle(out, pkid, qos, Settled::Accepted),
-        }
+        let wait: UplinkAck = match (sink_wait, room) {
+            (None, None) => return self.settle(out, pkid, qos, Settled::Accepted),
+            (Some(sink), None) => sink,
+            (sink, Some(room)) => Box::pin(async move {
+                room.await;
+                match sink {
+                    Some(sink) => sink.await,
+                    None => Ok(()),
+                }
+            }),
+        };
+        let slot = self.take_inflight_slot();
+        self.pending.push_back(PendingAck {
+            pkid,
+            qos,
+            wait: Some(wait),
+            settled: None,
+            _slot: slot,
+        });
+        Ok(())
     }
 
     /// Acknowledges now, or after the uplinks still waiting for the sink:

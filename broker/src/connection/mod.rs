@@ -39,6 +39,11 @@ use tracing::{debug, info, warn};
 
 enum Event {
     Shutdown,
+    /// The node drains: this connection picks its moment to close.
+    Drain,
+    /// Its moment came: finish the uplinks in flight, then close.
+    CloseForDrain,
+    SlowSubscriberCheck,
     Wake,
     Io(std::io::Result<IoEvent>),
     UplinkDone((u16, QoS, Settled)),
@@ -97,7 +102,21 @@ where
         .disconnect_code()
         .filter(|_| version == ProtocolVersion::V5)
     {
-        conn.send(&mut io.wbuf, &Packet::Disconnect(Disconnect::new(code)));
+        let mut disconnect = Disconnect::new(code);
+        if reason == CloseReason::ServerShutdown {
+            disconnect.properties =
+                shared
+                    .config
+                    .server_reference
+                    .clone()
+                    .map(|reference| DisconnectProperties {
+                        session_expiry_interval: None,
+                        reason_string: None,
+                        user_properties: Vec::new(),
+                        server_reference: Some(reference),
+                    });
+        }
+        conn.send(&mut io.wbuf, &Packet::Disconnect(disconnect));
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), io.flush()).await;
     io.shutdown().await;
@@ -120,6 +139,21 @@ struct Connection {
     client_max_packet: usize,
     revocation_epoch: u64,
     log_gate: log_gate::LogGate,
+    /// Since when the session's queue has been full without the client
+    /// acknowledging anything (slow-subscriber detection).
+    congested_since: Option<Instant>,
+    /// When this connection closes in a drain, once it is scheduled.
+    drain_close_at: Option<Instant>,
+    /// Draining: reading stopped, closing once the uplinks in flight are answered.
+    closing: bool,
+}
+
+/// Sleeps until `at`, or forever without one (a disabled `select!` branch).
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Connection {
@@ -140,15 +174,26 @@ impl Connection {
             return reason;
         }
         loop {
+            if self.closing && self.pending.is_empty() {
+                return CloseReason::ServerShutdown;
+            }
             let can_read = self.pending.len()
                 < usize::from(self.shared.config.max_inflight_uplinks)
-                && !self.waiting_for_permit;
+                && !self.waiting_for_permit
+                && !self.closing;
             let keepalive_on = !self.keepalive.is_zero();
             let deadline = tokio::time::Instant::from_std(self.last_activity + self.keepalive);
+            let slow_deadline = self
+                .congested_since
+                .map(|since| since + self.shared.config.slow_subscriber_timeout);
+            let drain_scheduled = self.drain_close_at.is_some();
             let event = tokio::select! {
                 biased;
                 _ = self.shared.shutdown.cancelled() => Event::Shutdown,
+                _ = self.shared.drain.cancelled(), if !drain_scheduled => Event::Drain,
+                _ = sleep_until_opt(self.drain_close_at), if drain_scheduled && !self.closing => Event::CloseForDrain,
                 _ = self.wake.notified() => Event::Wake,
+                _ = sleep_until_opt(slow_deadline), if slow_deadline.is_some() => Event::SlowSubscriberCheck,
                 result = poll_fn(|cx| io.poll_io(cx, can_read)) => Event::Io(result),
                 Some(done) = self.pending.next(), if !self.pending.is_empty() => Event::UplinkDone(done),
                 Ok(permit) = self.shared.uplink_permits.clone().acquire_owned(), if self.waiting_for_permit => Event::Permit(permit),
@@ -156,6 +201,27 @@ impl Connection {
             };
             let outcome = match event {
                 Event::Shutdown => Err(CloseReason::ServerShutdown),
+                Event::Drain => {
+                    self.drain_close_at =
+                        Some(Instant::now() + self.shared.drain_delay(self.generation));
+                    Ok(())
+                }
+                Event::CloseForDrain => {
+                    self.closing = true;
+                    Ok(())
+                }
+                Event::SlowSubscriberCheck => match self.congested_since {
+                    Some(since)
+                        if since.elapsed() >= self.shared.config.slow_subscriber_timeout =>
+                    {
+                        info!(
+                            client_id = self.client_id(),
+                            "subscriber made no progress with a full queue; disconnecting"
+                        );
+                        Err(CloseReason::SlowSubscriber)
+                    }
+                    _ => Ok(()),
+                },
                 Event::Wake => self.on_wake(&mut io.wbuf),
                 Event::Io(Ok(IoEvent::Read)) => {
                     self.last_activity = Instant::now();

@@ -50,6 +50,9 @@ impl Connection {
                 tag.settle(DeliveryOutcome::Acknowledged);
             }
         }
+        if self.congested_since.is_some() {
+            self.congested_since = Some(Instant::now()); // progress
+        }
     }
 
     pub(super) fn publish_packet(queued: &Queued, pkid: u16, dup: bool) -> Packet {
@@ -89,8 +92,10 @@ impl Connection {
         }
     }
 
-    /// Moves queued messages to the wire, within the client's in-flight window.
-    pub(super) fn drain_session(&self, out: &mut BytesMut) {
+    /// Moves queued messages to the wire, within the client's in-flight
+    /// window; lets waiting publishers go on once the queue has room, and
+    /// notes since when it has had none.
+    pub(super) fn drain_session(&mut self, out: &mut BytesMut) {
         let metrics = &self.shared.metrics;
         let mut state = self.session.lock();
         while out.len() < WRITE_HIGH_WATER && state.inflight.len() < self.outbound_limit {
@@ -142,6 +147,13 @@ impl Connection {
                     queued,
                 });
             }
+        }
+        let max_queued = self.shared.config.max_queued_messages;
+        if state.queue.len() >= max_queued {
+            self.congested_since.get_or_insert_with(Instant::now);
+        } else {
+            self.congested_since = None;
+            state.release_waiters(max_queued);
         }
     }
 }

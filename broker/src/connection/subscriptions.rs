@@ -104,9 +104,12 @@ impl Connection {
             properties: None,
         };
         self.send(out, &Packet::SubAck(ack));
+        let config = &self.shared.config;
         for queued in retained {
-            self.session
-                .offer(queued, self.shared.config.max_queued_messages);
+            let offer =
+                self.session
+                    .offer(queued, config.max_queued_messages, config.queue_full_policy);
+            self.shared.count_offer(&offer);
         }
         // Downlinks that waited for this subscription.
         self.shared.flush_mailbox(&self.session);
