@@ -1,7 +1,9 @@
 //! Announcer: payment events → announcement commands for the merchant's
 //! speaker. The payment id is the command id, so a replayed event never
 //! announces twice on a speaker that drops duplicates; an event past its TTL
-//! is not announced and gets an "expired" receipt instead.
+//! is not announced and gets an "expired" receipt instead. A payment event
+//! seen again within the instance's dedup window (same `payment_id`) is
+//! dropped before it reaches the speaker.
 
 use crate::config::{AnnouncerConfig, KafkaSettings};
 use crate::pipeline::{now_ms, Input, Output, Processor, Verdict};
@@ -102,10 +104,21 @@ impl Processor for Announcer {
         match result {
             Ok(outputs) => Verdict::Emit(outputs),
             Err(error) => Verdict::Reject {
+                reason: "invalid",
                 error,
                 also: Vec::new(),
             },
         }
+    }
+
+    /// The payment id: the payment backend's own identity of the event, and
+    /// already the announcement's command id. A replayed event is the same
+    /// payment, whatever else changed in the record.
+    fn dedup_key(&self, input: &Input<'_>) -> Option<String> {
+        PaymentEvent::decode(input.payload)
+            .ok()
+            .map(|event| event.payment_id)
+            .filter(|id| !id.is_empty())
     }
 }
 
@@ -157,6 +170,33 @@ mod tests {
             (receipt.command_id.as_str(), receipt.outcome()),
             ("pay-1", DeliveryOutcome::Expired)
         );
+    }
+
+    #[test]
+    fn a_payment_is_identified_by_its_payment_id() {
+        use rdkafka::message::{OwnedMessage, Timestamp};
+        let record = |payload: Vec<u8>| {
+            OwnedMessage::new(
+                Some(payload),
+                Some(b"spk-1".to_vec()),
+                "herald.payments".into(),
+                Timestamp::NotAvailable,
+                0,
+                7,
+                None,
+            )
+        };
+        let a = announcer();
+        let replayed = PaymentEvent {
+            created_at_ms: 5_000,
+            ..event(0)
+        };
+        for payload in [event(0).encode_to_vec(), replayed.encode_to_vec()] {
+            let message = record(payload);
+            assert_eq!(a.dedup_key(&Input::new(&message)).as_deref(), Some("pay-1"));
+        }
+        let message = record(b"not a payment".to_vec());
+        assert_eq!(a.dedup_key(&Input::new(&message)), None);
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub struct ConsumersConfig {
     pub announcer: AnnouncerConfig,
     pub print_dispatcher: PrintDispatcherConfig,
     pub scan_processor: ScanProcessorConfig,
+    /// Duplicate input records dropped by each service instance.
+    pub dedup: DedupConfig,
     /// `/metrics` and `/healthz` of the running service. Default `0.0.0.0:9091`.
     pub http_listen: Option<SocketAddr>,
 }
@@ -125,7 +127,11 @@ pub struct ScanProcessorConfig {
     pub group_id: String,
     /// What a scan box shows when a code is not accepted. Default "Payment code not accepted".
     pub rejection_text: String,
-    /// Locale of `rejection_text`. Default `en`.
+    /// What a scan box shows when its scan carried no `scan_id` (a bare-text
+    /// scan, or a `ScanResult` without one), which the scan processor
+    /// refuses. Default "Scan not accepted: missing scan_id".
+    pub missing_scan_id_text: String,
+    /// Locale of `rejection_text` and `missing_scan_id_text`. Default `en`.
     pub rejection_locale: String,
     /// How long the rejection display command stays deliverable. Default 30s.
     #[serde(with = "humantime_serde")]
@@ -139,8 +145,70 @@ impl Default for ScanProcessorConfig {
             validated_topic: "herald.payment.scans".into(),
             group_id: "herald-scan-processor".into(),
             rejection_text: "Payment code not accepted".into(),
+            missing_scan_id_text: "Scan not accepted: missing scan_id".into(),
             rejection_locale: "en".into(),
             display_ttl: Duration::from_secs(30),
         }
+    }
+}
+
+/// `[dedup]`: the window of ids each service instance remembers to drop
+/// duplicate input records (see `dedup.rs` and docs/schemas.md,
+/// "Duplicates"). Every running instance has its own window.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DedupConfig {
+    /// How long an id is remembered after it was first seen. `0s` disables
+    /// dropping duplicates. Default 10m.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// At most this many ids are remembered (under 100 bytes each); past it
+    /// the oldest is forgotten. `0` disables dropping duplicates. Default 100000.
+    pub max_entries: usize,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(600),
+            max_entries: 100_000,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::providers::{Format, Toml};
+    use figment::Figment;
+
+    #[test]
+    fn the_dedup_window_has_defaults_and_can_be_set() {
+        let config: ConsumersConfig = Figment::new().extract().unwrap();
+        assert_eq!(config.dedup.window, Duration::from_secs(600));
+        assert_eq!(config.dedup.max_entries, 100_000);
+        let config: ConsumersConfig = Figment::from(Toml::string(
+            "[dedup]\nwindow = \"2m\"\nmax_entries = 500\n",
+        ))
+        .extract()
+        .unwrap();
+        assert_eq!(config.dedup.window, Duration::from_secs(120));
+        assert_eq!(config.dedup.max_entries, 500);
+    }
+
+    #[test]
+    fn the_example_file_parses_with_the_defaults() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/consumers.example.toml"
+        );
+        let config: ConsumersConfig = Figment::from(Toml::file_exact(path)).extract().unwrap();
+        let defaults = ConsumersConfig::default();
+        assert_eq!(config.dedup.window, defaults.dedup.window);
+        assert_eq!(config.dedup.max_entries, defaults.dedup.max_entries);
+        assert_eq!(
+            config.scan_processor.missing_scan_id_text,
+            defaults.scan_processor.missing_scan_id_text
+        );
     }
 }

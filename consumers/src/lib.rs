@@ -1,16 +1,20 @@
 //! Herald's stateless Kafka services. Each is a consumer group that keeps no
-//! local state: it turns input records into output records, commits its
+//! durable state: it turns input records into output records, commits its
 //! offset only once Kafka acknowledged the outputs, and sends what it cannot
-//! process to the dead-letter topic.
+//! process to the dead-letter topic. The one thing an instance remembers, in
+//! memory, is a bounded window of input ids it drops duplicates by.
 //!
 //! - [`announcer`]: payment events → announcements on speakers;
 //! - [`print`]: print jobs → chunked print commands; printer status → job status;
 //! - [`scan`]: scan uplinks → validated scans, or a dead letter and a display command.
+//!
+//! Each instance drops duplicate input records within a window ([`dedup`]).
 
 pub mod amount;
 pub mod announcer;
 pub mod chunking;
 pub mod config;
+pub mod dedup;
 pub mod pipeline;
 pub mod print;
 pub mod scan;
@@ -36,7 +40,7 @@ pub async fn run(
     registry: &prometheus::Registry,
     shutdown: CancellationToken,
 ) -> Result<(), pipeline::PipelineError> {
-    let kafka = &config.kafka;
+    let (kafka, dedup) = (&config.kafka, &config.dedup);
     match service {
         Service::Announcer => {
             let c = &config.announcer;
@@ -44,6 +48,7 @@ pub async fn run(
             pipeline::run(
                 processor,
                 kafka,
+                dedup,
                 &c.group_id,
                 &[&c.input_topic],
                 registry,
@@ -56,7 +61,16 @@ pub async fn run(
             let processor = Arc::new(print::PrintDispatcher::new(c, kafka));
             let inputs = processor.inputs().map(str::to_owned);
             let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-            pipeline::run(processor, kafka, &c.group_id, &inputs, registry, shutdown).await
+            pipeline::run(
+                processor,
+                kafka,
+                dedup,
+                &c.group_id,
+                &inputs,
+                registry,
+                shutdown,
+            )
+            .await
         }
         Service::ScanProcessor => {
             let c = &config.scan_processor;
@@ -64,6 +78,7 @@ pub async fn run(
             pipeline::run(
                 processor,
                 kafka,
+                dedup,
                 &c.group_id,
                 &[&c.input_topic],
                 registry,

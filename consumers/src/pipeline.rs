@@ -5,8 +5,14 @@
 //! offset is stored for commit only once Kafka acknowledged all of them, in
 //! consumption order. A failed produce is retried, never skipped, so a crash
 //! at any point reprocesses instead of losing: at least once.
+//!
+//! Before a record is processed, its identity ([`Processor::dedup_key`]) is
+//! checked against the instance's window of ids seen ([`SeenWindow`]): a
+//! duplicate is dropped unprocessed (its offset still committed in order) and
+//! counted in `herald_consumer_duplicates_dropped_total`.
 
-use crate::config::KafkaSettings;
+use crate::config::{DedupConfig, KafkaSettings};
+use crate::dedup::SeenWindow;
 use futures::stream::{FuturesOrdered, StreamExt};
 use herald_schemas::v1::DeadLetter;
 use herald_schemas::Message as _;
@@ -18,7 +24,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -36,9 +42,19 @@ pub enum Verdict {
     /// Produce these (possibly none).
     Emit(Vec<Output>),
     /// Cannot be processed: dead-letter it with `error`, and produce `also`
-    /// (e.g. a message telling the device).
-    Reject { error: String, also: Vec<Output> },
+    /// (e.g. a message telling the device). `reason` is a short stable label
+    /// for the `herald_consumer_rejected_total` metric, e.g. `missing_scan_id`.
+    Reject {
+        reason: &'static str,
+        error: String,
+        also: Vec<Output>,
+    },
 }
+
+/// Header Herald's bridge puts on uplinks (bridge/src/producer.rs,
+/// `header::MESSAGE_ID`): the uplink's identity, the same for every
+/// retransmission of it.
+pub const MESSAGE_ID_HEADER: &str = "herald-message-id";
 
 /// One consumed record, as processors see it.
 pub struct Input<'a> {
@@ -50,7 +66,19 @@ pub struct Input<'a> {
     message: &'a OwnedMessage,
 }
 
-impl Input<'_> {
+impl<'a> Input<'a> {
+    /// The input view of a consumed record.
+    pub fn new(message: &'a OwnedMessage) -> Self {
+        Input {
+            topic: message.topic(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().unwrap_or_default(),
+            payload: message.payload().unwrap_or_default(),
+            message,
+        }
+    }
+
     /// A header's value as text.
     pub fn header(&self, name: &str) -> Option<&str> {
         let headers = self.message.headers()?;
@@ -71,6 +99,14 @@ pub trait Processor: Send + Sync + 'static {
     /// Service name, for dead letters, metrics and logs.
     fn name(&self) -> &'static str;
     fn process(&self, input: &Input<'_>) -> Verdict;
+
+    /// The identity two copies of the same input share: a record whose key
+    /// the instance has seen within its dedup window is dropped unprocessed.
+    /// `None`: never dropped (the default).
+    fn dedup_key(&self, input: &Input<'_>) -> Option<String> {
+        let _ = input;
+        None
+    }
 }
 
 /// librdkafka options the services set themselves, with why.
@@ -128,10 +164,16 @@ pub(crate) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Runs `processor` over `inputs` as consumer group `group_id` until `shutdown`.
+/// A record whose outputs are being produced; completes with its position
+/// (topic, partition, offset) once Kafka acknowledged them all.
+type Settling = Pin<Box<dyn Future<Output = (String, i32, i64)> + Send>>;
+
+/// Runs `processor` over `inputs` as consumer group `group_id` until
+/// `shutdown`, dropping duplicates within the `dedup` window.
 pub async fn run(
     processor: Arc<dyn Processor>,
     kafka: &KafkaSettings,
+    dedup: &DedupConfig,
     group_id: &str,
     inputs: &[&str],
     registry: &Registry,
@@ -179,13 +221,29 @@ pub async fn run(
         "herald_consumer_inflight",
         "Records whose outputs await Kafka's acknowledgement.",
     )?;
+    let duplicates = IntCounterVec::new(
+        Opts::new(
+            "herald_consumer_duplicates_dropped_total",
+            "Input records dropped unprocessed because their id was seen within the dedup window, by service.",
+        ),
+        &["service"],
+    )?;
+    let rejected = IntCounterVec::new(
+        Opts::new(
+            "herald_consumer_rejected_total",
+            "Input records sent to the dead-letter topic, by service and reason.",
+        ),
+        &["service", "reason"],
+    )?;
     registry.register(Box::new(records.clone()))?;
     registry.register(Box::new(inflight.clone()))?;
+    registry.register(Box::new(duplicates.clone()))?;
+    registry.register(Box::new(rejected.clone()))?;
 
     let service = processor.name();
-    info!(service, ?inputs, group_id, "consuming");
-    let mut pending: FuturesOrdered<Pin<Box<dyn Future<Output = (String, i32, i64)> + Send>>> =
-        FuturesOrdered::new();
+    let mut seen = SeenWindow::new(dedup.window, dedup.max_entries);
+    info!(service, ?inputs, group_id, dedup_window = ?dedup.window, dedup_max_entries = dedup.max_entries, "consuming");
+    let mut pending: FuturesOrdered<Settling> = FuturesOrdered::new();
     let max_inflight = kafka.max_inflight.max(1);
     loop {
         let next = tokio::select! {
@@ -205,21 +263,38 @@ pub async fn run(
                 continue;
             }
         };
-        let input = Input {
-            topic: message.topic(),
-            partition: message.partition(),
-            offset: message.offset(),
-            key: message.key().unwrap_or_default(),
-            payload: message.payload().unwrap_or_default(),
-            message: &message,
+        let input = Input::new(&message);
+        let duplicate = !seen.is_disabled()
+            && processor
+                .dedup_key(&input)
+                .is_some_and(|id| seen.check(&id, Instant::now()));
+        let verdict = if duplicate {
+            duplicates.with_label_values(&[service]).inc();
+            tracing::debug!(
+                service,
+                topic = input.topic,
+                partition = input.partition,
+                offset = input.offset,
+                "duplicate dropped"
+            );
+            // Nothing to produce; the offset is still stored in order below.
+            None
+        } else {
+            Some(processor.process(&input))
         };
-        let outputs = match processor.process(&input) {
-            Verdict::Emit(outputs) => {
+        let outputs = match verdict {
+            None => Vec::new(),
+            Some(Verdict::Emit(outputs)) => {
                 records.with_label_values(&[service, "ok"]).inc();
                 outputs
             }
-            Verdict::Reject { error, mut also } => {
+            Some(Verdict::Reject {
+                reason,
+                error,
+                mut also,
+            }) => {
                 records.with_label_values(&[service, "dead_letter"]).inc();
+                rejected.with_label_values(&[service, reason]).inc();
                 warn!(service, topic = input.topic, partition = input.partition, offset = input.offset, %error, "record sent to the dead-letter topic");
                 let letter = DeadLetter {
                     service: service.into(),

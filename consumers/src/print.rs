@@ -5,10 +5,12 @@
 //! Stateless: a chunk's command id is `<job_id>:<index>/<total>`, so the
 //! receipt of the last chunk alone says the whole job was sent (chunks reach a
 //! printer in order, through one Kafka partition and one MQTT session).
+//! A printer status uplink retransmitted by the printer (same
+//! `herald-message-id`) is dropped within the instance's dedup window.
 
 use crate::chunking;
 use crate::config::{KafkaSettings, PrintDispatcherConfig};
-use crate::pipeline::{now_ms, Input, Output, Processor, Verdict};
+use crate::pipeline::{now_ms, Input, Output, Processor, Verdict, MESSAGE_ID_HEADER};
 use herald_schemas::v1::{
     CommandKind, DeliveryOutcome, DeliveryReceipt, DownlinkCommand, JobState, JobStatus, PrintJob,
     PrintState, PrintStatus,
@@ -194,10 +196,26 @@ impl Processor for PrintDispatcher {
         match result {
             Ok(outputs) => Verdict::Emit(outputs),
             Err(error) => Verdict::Reject {
+                reason: "invalid",
                 error,
                 also: Vec::new(),
             },
         }
+    }
+
+    /// Printer status uplinks only, by their `herald-message-id`: a
+    /// retransmitted `PrintStatus` is byte-identical (same `at_ms`), while
+    /// the same job may honestly reach the same state twice (a job resent
+    /// after `FAILED` fails again), so `job_id` + `state` would drop a real
+    /// report. Jobs and receipts are not deduplicated here: a backend may
+    /// resend a job under the same id after a failure, the printer drops
+    /// duplicate chunks by command id, and a repeated receipt only repeats a
+    /// status.
+    fn dedup_key(&self, input: &Input<'_>) -> Option<String> {
+        if input.topic != self.config.status_uplink_topic {
+            return None;
+        }
+        input.header(MESSAGE_ID_HEADER).map(str::to_owned)
     }
 }
 
@@ -240,6 +258,35 @@ mod tests {
         }
         let status = JobStatus::decode(&status[0].payload[..]).unwrap();
         assert_eq!(status.state(), JobState::Queued);
+    }
+
+    #[test]
+    fn only_printer_status_uplinks_are_identified_by_their_message_id() {
+        use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
+        let record = |topic: &str| {
+            let headers = OwnedHeaders::new().insert(Header {
+                key: MESSAGE_ID_HEADER,
+                value: Some("prn-1:0123abcd"),
+            });
+            OwnedMessage::new(
+                Some(b"{}".to_vec()),
+                Some(b"prn-1".to_vec()),
+                topic.into(),
+                Timestamp::NotAvailable,
+                0,
+                1,
+                Some(headers),
+            )
+        };
+        let d = dispatcher();
+        let status = record("herald.uplink.print-status");
+        assert_eq!(
+            d.dedup_key(&Input::new(&status)).as_deref(),
+            Some("prn-1:0123abcd")
+        );
+        for topic in ["herald.print.jobs", "herald.receipts"] {
+            assert_eq!(d.dedup_key(&Input::new(&record(topic))), None, "{topic}");
+        }
     }
 
     #[test]

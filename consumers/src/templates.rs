@@ -268,9 +268,11 @@ fn language(locale: &str) -> Option<Language> {
 mod tests {
     use super::*;
 
-    fn from_toml(toml: &str) -> Result<Templates, figment::Error> {
+    fn from_toml(toml: &str) -> Result<Templates, Box<figment::Error>> {
         use figment::providers::{Format, Toml};
-        figment::Figment::from(Toml::string(toml)).extract()
+        figment::Figment::from(Toml::string(toml))
+            .extract()
+            .map_err(Box::new)
     }
 
     #[test]
