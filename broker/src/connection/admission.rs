@@ -3,7 +3,7 @@
 //! [`Connection`]; one that does not is answered with the reason code.
 
 use super::log_gate::clip;
-use super::Connection;
+use super::{Connection, DrainStage};
 use crate::codec::{self, *};
 use crate::events::DisconnectReason;
 use crate::io::Io;
@@ -381,8 +381,7 @@ impl Connection {
             revocation_epoch: shared.revocation_epoch(),
             log_gate: super::log_gate::LogGate::new(),
             congested_since: None,
-            drain_close_at: None,
-            closing: false,
+            drain: DrainStage::Serving,
         };
         let properties = (version == ProtocolVersion::V5).then(|| ConnAckProperties {
             session_expiry_interval: expiry_capped.then_some(expiry.as_secs() as u32),

@@ -142,10 +142,17 @@ struct Connection {
     /// Since when the session's queue has been full without the client
     /// acknowledging anything (slow-subscriber detection).
     congested_since: Option<Instant>,
-    /// When this connection closes in a drain, once it is scheduled.
-    drain_close_at: Option<Instant>,
-    /// Draining: reading stopped, closing once the uplinks in flight are answered.
-    closing: bool,
+    drain: DrainStage,
+}
+
+/// Where a connection stands in a drain of the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DrainStage {
+    Serving,
+    /// The node drains; this connection closes at the given moment.
+    ClosesAt(Instant),
+    /// Reading stopped; closing once the uplinks in flight are answered.
+    Closing,
 }
 
 /// Sleeps until `at`, or forever without one (a disabled `select!` branch).
@@ -174,24 +181,28 @@ impl Connection {
             return reason;
         }
         loop {
-            if self.closing && self.pending.is_empty() {
+            let closing = self.drain == DrainStage::Closing;
+            if closing && self.pending.is_empty() {
                 return CloseReason::ServerShutdown;
             }
             let can_read = self.pending.len()
                 < usize::from(self.shared.config.max_inflight_uplinks)
                 && !self.waiting_for_permit
-                && !self.closing;
+                && !closing;
             let keepalive_on = !self.keepalive.is_zero();
             let deadline = tokio::time::Instant::from_std(self.last_activity + self.keepalive);
             let slow_deadline = self
                 .congested_since
                 .map(|since| since + self.shared.config.slow_subscriber_timeout);
-            let drain_scheduled = self.drain_close_at.is_some();
+            let close_at = match self.drain {
+                DrainStage::ClosesAt(at) => Some(at),
+                _ => None,
+            };
             let event = tokio::select! {
                 biased;
                 _ = self.shared.shutdown.cancelled() => Event::Shutdown,
-                _ = self.shared.drain.cancelled(), if !drain_scheduled => Event::Drain,
-                _ = sleep_until_opt(self.drain_close_at), if drain_scheduled && !self.closing => Event::CloseForDrain,
+                _ = self.shared.drain.cancelled(), if self.drain == DrainStage::Serving => Event::Drain,
+                _ = sleep_until_opt(close_at), if close_at.is_some() => Event::CloseForDrain,
                 _ = self.wake.notified() => Event::Wake,
                 _ = sleep_until_opt(slow_deadline), if slow_deadline.is_some() => Event::SlowSubscriberCheck,
                 result = poll_fn(|cx| io.poll_io(cx, can_read)) => Event::Io(result),
@@ -202,12 +213,12 @@ impl Connection {
             let outcome = match event {
                 Event::Shutdown => Err(CloseReason::ServerShutdown),
                 Event::Drain => {
-                    self.drain_close_at =
-                        Some(Instant::now() + self.shared.drain_delay(self.generation));
+                    let delay = self.shared.drain_delay(self.generation);
+                    self.drain = DrainStage::ClosesAt(Instant::now() + delay);
                     Ok(())
                 }
                 Event::CloseForDrain => {
-                    self.closing = true;
+                    self.drain = DrainStage::Closing;
                     Ok(())
                 }
                 Event::SlowSubscriberCheck => match self.congested_since {
