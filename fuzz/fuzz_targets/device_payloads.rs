@@ -2,8 +2,8 @@
 //! `herald_schemas::decode_device_payload` (protobuf, or its proto3 JSON
 //! mapping) for every uplink message a device produces (ScanResult,
 //! PrintStatus, CommandAck), then the scan processor's reading of a scan
-//! (consumers/src/scan.rs `read_scan`: a decoded ScanResult, or the payload
-//! as bare text) and its payment-code rules (consumers/src/scancode.rs,
+//! (consumers/src/scan.rs `read_scan`: a decoded ScanResult with a code or a
+//! scan_id; a scan without scan_id is refused) and its payment-code rules (consumers/src/scancode.rs,
 //! compiled in from its source file: the herald-consumers crate itself links
 //! librdkafka, which this build leaves out).
 //!
@@ -45,15 +45,13 @@ where
     Some(message)
 }
 
-/// consumers/src/scan.rs `ScanProcessor::read_scan`.
-fn read_scan(payload: &[u8]) -> ScanResult {
+/// consumers/src/scan.rs `ScanProcessor::read_scan`: `None` for what it
+/// refuses (not a scan, or no scan_id).
+fn read_scan(payload: &[u8]) -> Option<ScanResult> {
     decode_device_payload::<ScanResult>(payload)
         .ok()
-        .filter(|scan| !scan.code.is_empty())
-        .unwrap_or_else(|| ScanResult {
-            code: String::from_utf8_lossy(payload).trim().to_string(),
-            ..Default::default()
-        })
+        .filter(|scan| !scan.code.is_empty() || !scan.scan_id.is_empty())
+        .filter(|scan| !scan.scan_id.is_empty())
 }
 
 /// The rules of consumers/src/scancode.rs, written out again.
@@ -99,10 +97,14 @@ fuzz_target!(|data: &[u8]| {
     }
     round_trips::<CommandAck>(data);
 
-    let scan = read_scan(data);
-    let verdict = scancode::classify(&scan.code);
-    assert_eq!(verdict, reference_classify(&scan.code), "{:?}", scan.code);
-    if let Err(rejection) = &verdict {
-        let _ = (rejection.as_str(), rejection.to_string());
+    // The code of a scan the processor accepts, and (for the code rules'
+    // sake) the raw bytes as text, which reach every branch of them.
+    let text = String::from_utf8_lossy(data).into_owned();
+    for code in read_scan(data).map(|scan| scan.code).into_iter().chain([text]) {
+        let verdict = scancode::classify(&code);
+        assert_eq!(verdict, reference_classify(&code), "{code:?}");
+        if let Err(rejection) = &verdict {
+            let _ = (rejection.as_str(), rejection.to_string());
+        }
     }
 });
