@@ -2,9 +2,13 @@
 //! scheduling with coordinated-omission-correct latencies, the scenarios of
 //! the `herald-loadtest` CLI, and simulated terminals for Herald's tests.
 
+pub mod accounting;
+pub mod backoff;
 pub mod cli;
 pub mod client;
 pub mod engine;
+pub mod message_id;
+pub mod outbox;
 pub mod report;
 pub mod schedule;
 pub mod terminal;
