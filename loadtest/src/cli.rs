@@ -1,11 +1,14 @@
 //! Command-line interface, following emqtt-bench's conventions (`conn`,
 //! `sub`, `pub`; `-c` clients, `-i`/`-R` connect pacing, `-q`, `-s`, `-t`
 //! with `%i` and `%c`, `-h`/`-p`, `--ifaddr`), plus the terminal-platform
-//! scenarios `fleet`, `uplink`, `announce` and `storm`.
+//! scenarios `fleet`, `uplink`, `announce`, `downlink` and `storm`.
 
+use crate::backoff::BackoffPolicy;
+use crate::lifecycle::Firmware;
 use clap::{ArgAction, Args, Parser, Subcommand};
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -32,12 +35,19 @@ pub enum Command {
     /// Terminals with device credentials connect and stay idle: connect rate,
     /// failures, and the broker's memory per session.
     Fleet(FleetArgs),
-    /// Terminals publish scan results at a fixed total rate: PUBACK latency
-    /// and MQTT-to-Kafka latency.
+    /// Terminals publish scan results at a fixed total rate, reconnecting and
+    /// retransmitting as firmware does: PUBACK and MQTT-to-Kafka latency, and
+    /// every message accounted for in Kafka (exit code 2 if one PUBACKed
+    /// message is missing there).
     Uplink(UplinkArgs),
     /// Payment events go to Kafka at a fixed rate: time until the simulated
-    /// speaker hears the announcement.
+    /// speaker hears the announcement, and every payment accounted for
+    /// (delivered, receipted, lost; exit code 2 if one is lost).
     Announce(AnnounceArgs),
+    /// Downlink commands go straight to Herald's downlink topic at a fixed
+    /// rate: time until the terminal has them, and every command accounted
+    /// for (delivered, receipted, lost; exit code 2 if one is lost).
+    Downlink(DownlinkArgs),
     /// The whole fleet drops and reconnects at once.
     Storm(StormArgs),
     /// Draw latency distributions of JSON reports as an SVG plot.
@@ -69,9 +79,48 @@ pub struct Target {
     /// Keepalive in seconds.
     #[arg(short = 'k', long, default_value_t = 60)]
     pub keepalive: u16,
-    /// Write the JSON report to this file (it is always printed).
+    /// Write the full JSON report (counts, percentiles, distributions) to this file.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Print the full JSON report on stdout instead of the short summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How the simulated terminals deal with their connection, as firmware does.
+#[derive(Args, Debug, Clone)]
+pub struct FirmwareArgs {
+    /// Do not reconnect after the connection drops or is refused (and so do
+    /// not retransmit).
+    #[arg(long)]
+    pub no_reconnect: bool,
+    /// First reconnect backoff ceiling in ms; it doubles per failed attempt
+    /// up to --backoff-max-ms, and each wait is uniformly random below it.
+    #[arg(long, default_value_t = 100)]
+    pub backoff_initial_ms: u64,
+    /// Largest reconnect backoff ceiling in ms.
+    #[arg(long, default_value_t = 5000)]
+    pub backoff_max_ms: u64,
+    /// Connect with clean session = 1 (default: a persistent session).
+    #[arg(long)]
+    pub clean_session: bool,
+    /// Most unacknowledged QoS 1 messages per terminal (0: no limit).
+    #[arg(long, default_value_t = 16)]
+    pub inflight: usize,
+}
+
+impl FirmwareArgs {
+    pub fn firmware(&self) -> Firmware {
+        Firmware {
+            reconnect: !self.no_reconnect,
+            backoff: BackoffPolicy {
+                initial: Duration::from_millis(self.backoff_initial_ms.max(1)),
+                max: Duration::from_millis(self.backoff_max_ms.max(self.backoff_initial_ms)),
+            },
+            clean_session: self.clean_session,
+            max_inflight: (self.inflight > 0).then_some(self.inflight),
+        }
+    }
 }
 
 /// How many clients and how fast they connect.
@@ -197,12 +246,24 @@ pub struct UplinkArgs {
     pub rate: f64,
     #[arg(short = 'd', long, default_value_t = 30)]
     pub duration: u64,
-    /// Kafka bootstrap servers, to measure MQTT-to-Kafka latency (same clock).
+    /// Kafka bootstrap servers, to read the scans back (and measure
+    /// MQTT-to-Kafka latency on the same clock).
     #[arg(long, default_value = "127.0.0.1:9092")]
     pub kafka: String,
     /// Kafka topic Herald writes scan uplinks to.
     #[arg(long, default_value = "herald.uplink.scan")]
     pub kafka_topic: String,
+    /// After publishing, how long terminals wait (reconnecting as needed)
+    /// for their outstanding PUBACKs, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub drain: u64,
+    /// After the terminals are done, how long the read-back waits for
+    /// missing scans once Kafka's end offsets are reached and nothing new
+    /// comes (seconds). Waited only while a scan sent is not in Kafka.
+    #[arg(long, default_value_t = 10)]
+    pub settle: u64,
+    #[command(flatten)]
+    pub firmware: FirmwareArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -222,6 +283,58 @@ pub struct AnnounceArgs {
     /// Topic the announcer consumes.
     #[arg(long, default_value = "herald.payments")]
     pub payments_topic: String,
+    /// Topic Herald writes delivery receipts to.
+    #[arg(long, default_value = "herald.receipts")]
+    pub receipts_topic: String,
+    /// Seconds a payment may wait to be announced (its expiry; 0: the
+    /// announcer's and Herald's defaults).
+    #[arg(long, default_value_t = 60)]
+    pub ttl: u64,
+    /// After producing, how long to wait without any new delivery or
+    /// receipt before counting what is missing as lost (seconds). Waited
+    /// only while something is missing; the default outlasts the consumer
+    /// group session timeout (45 s) a restarted Herald waits out before it
+    /// consumes commands again.
+    #[arg(long, default_value_t = 60)]
+    pub settle: u64,
+    #[command(flatten)]
+    pub firmware: FirmwareArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DownlinkArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Terminals receiving the commands (round robin).
+    #[command(flatten)]
+    pub clients: Clients,
+    /// Commands per second across the fleet.
+    #[arg(short = 'r', long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Seconds to produce commands.
+    #[arg(short = 'd', long, default_value_t = 30)]
+    pub duration: u64,
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    pub kafka: String,
+    /// Topic Herald consumes DownlinkCommands from.
+    #[arg(long, default_value = "herald.downlink")]
+    pub downlink_topic: String,
+    /// Topic Herald writes delivery receipts to.
+    #[arg(long, default_value = "herald.receipts")]
+    pub receipts_topic: String,
+    /// Seconds a command may wait for its terminal (its expires_at_ms; 0:
+    /// Herald's default TTL).
+    #[arg(long, default_value_t = 60)]
+    pub ttl: u64,
+    /// After producing, how long to wait without any new delivery or
+    /// receipt before counting what is missing as lost (seconds). Waited
+    /// only while something is missing; the default outlasts the consumer
+    /// group session timeout (45 s) a restarted Herald waits out before it
+    /// consumes commands again.
+    #[arg(long, default_value_t = 60)]
+    pub settle: u64,
+    #[command(flatten)]
+    pub firmware: FirmwareArgs,
 }
 
 #[derive(Args, Debug, Clone)]

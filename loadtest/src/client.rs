@@ -100,6 +100,8 @@ pub fn ensure_fd_limit(clients: u64) -> anyhow::Result<()> {
 pub struct Connection {
     stream: TcpStream,
     buf: BytesMut,
+    /// CONNACK's session present flag: the broker resumed a persistent session.
+    pub session_present: bool,
 }
 
 /// CONNECT settings.
@@ -122,6 +124,7 @@ impl Connection {
         let mut connection = Connection {
             stream,
             buf: BytesMut::new(),
+            session_present: false,
         };
         let mut connect = v4::Connect::new(options.client_id.as_str());
         connect.keep_alive = options.keepalive;
@@ -140,7 +143,10 @@ impl Connection {
             .await
             .context("CONNACK timed out")??
         {
-            Packet::ConnAck(ack) if ack.code == v4::ConnectReturnCode::Success => Ok(connection),
+            Packet::ConnAck(ack) if ack.code == v4::ConnectReturnCode::Success => {
+                connection.session_present = ack.session_present;
+                Ok(connection)
+            }
             Packet::ConnAck(ack) => bail!("refused: {:?}", ack.code),
             other => bail!("expected CONNACK, got {other:?}"),
         }

@@ -1,15 +1,16 @@
 //! Runs a fleet of lean clients: connects them on an open-loop schedule,
-//! lets each publish, subscribe or idle, and gathers counters and latencies.
+//! lets each publish, subscribe or idle (lifecycle.rs), and gathers
+//! counters, latencies and the run's loss ledger.
 
+use crate::accounting::{DownlinkLedger, UplinkLedger};
 use crate::cli::{Clients, Target};
 use crate::client::{ConnectOptions, Connection, SourceAddresses};
+use crate::lifecycle::{client, Behaviour};
+use crate::message_id::RunTag;
 use crate::schedule::{Latencies, Schedule};
 use anyhow::Context as _;
 use bytes::{BufMut, Bytes, BytesMut};
 use indicatif::{ProgressBar, ProgressStyle};
-use rumqttc::mqttbytes::v4::Packet;
-use rumqttc::mqttbytes::QoS;
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,6 +26,18 @@ pub struct Counters {
     pub acked: AtomicU64,
     pub received: AtomicU64,
     pub errors: AtomicU64,
+    /// Connections lost while the terminal meant to stay.
+    pub disconnects: AtomicU64,
+    /// Connections re-established after a loss (or after a failed first connect).
+    pub reconnects: AtomicU64,
+    /// Reconnect attempts that failed (refused, timed out, CONNACK refused).
+    pub reconnect_failures: AtomicU64,
+    /// Reconnects whose CONNACK said session present.
+    pub sessions_resumed: AtomicU64,
+    /// PUBLISHes (and PUBRELs) sent again after a reconnect.
+    pub retransmitted: AtomicU64,
+    /// Messages scheduled in the publishing phase but never sent.
+    pub not_sent: AtomicU64,
 }
 
 impl Counters {
@@ -44,10 +57,21 @@ pub struct Run {
     pub connect_latency: Mutex<Latencies>,
     pub ack_latency: Mutex<Latencies>,
     pub e2e_latency: Mutex<Latencies>,
+    /// From a connection loss to the next CONNACK.
+    pub reconnect_latency: Mutex<Latencies>,
+    /// The tag of this run's message ids.
+    pub run_tag: RunTag,
+    pub uplinks: Mutex<UplinkLedger>,
+    pub downlinks: Mutex<DownlinkLedger>,
     /// A fixed pair of clocks, so payload timestamps (Unix µs) and
     /// `Instant`s convert into each other.
     epoch: (Instant, u64),
     first_error: Mutex<Option<String>>,
+}
+
+/// How long the connect phase of `clients` lasts at its rate.
+pub fn connect_phase(clients: &Clients) -> Duration {
+    Duration::from_secs_f64(f64::from(clients.count) / clients.connect_rate())
 }
 
 pub fn unix_micros() -> u64 {
@@ -85,6 +109,10 @@ impl Run {
             connect_latency: Mutex::default(),
             ack_latency: Mutex::default(),
             e2e_latency: Mutex::default(),
+            reconnect_latency: Mutex::default(),
+            run_tag: RunTag::new(),
+            uplinks: Mutex::default(),
+            downlinks: Mutex::default(),
             epoch: (Instant::now(), unix_micros()),
             first_error: Mutex::default(),
         }))
@@ -95,7 +123,7 @@ impl Run {
         unix + at.saturating_duration_since(instant).as_micros() as u64
     }
 
-    pub fn connect_options(&self, index: u32) -> ConnectOptions {
+    pub fn connect_options(&self, index: u32, clean_session: bool) -> ConnectOptions {
         let client_id = self.clients.client_id(index);
         let password = match &self.fleet_key {
             Some(key) => Some(
@@ -113,7 +141,7 @@ impl Run {
             client_id,
             password,
             keepalive: self.target.keepalive,
-            clean_session: true,
+            clean_session,
         }
     }
 
@@ -132,20 +160,32 @@ impl Run {
             .clone()
     }
 
-    /// Connects client `index` at its intended time; records the connect latency.
+    /// Opens a connection for client `index`: TCP, CONNECT, CONNACK.
+    pub async fn open(&self, index: u32, clean_session: bool) -> anyhow::Result<Connection> {
+        let stream = self.sources.connect(self.broker).await?;
+        Connection::open(
+            stream,
+            &self.connect_options(index, clean_session),
+            Duration::from_secs(30),
+        )
+        .await
+    }
+
+    /// Connects client `index` (clean session) at its intended time; records
+    /// the connect latency.
     pub async fn connect(&self, index: u32, intended: Instant) -> Option<Connection> {
+        self.connect_with(index, intended, true).await
+    }
+
+    /// [`Run::connect`] with a choice of clean or persistent session.
+    pub async fn connect_with(
+        &self,
+        index: u32,
+        intended: Instant,
+        clean_session: bool,
+    ) -> Option<Connection> {
         tokio::time::sleep_until(intended.into()).await;
-        let opened = async {
-            let stream = self.sources.connect(self.broker).await?;
-            Connection::open(
-                stream,
-                &self.connect_options(index),
-                Duration::from_secs(30),
-            )
-            .await
-        }
-        .await;
-        match opened {
+        match self.open(index, clean_session).await {
             Ok(connection) => {
                 self.connect_latency
                     .lock()
@@ -213,12 +253,13 @@ impl Run {
                 let published = Counters::get(&c.published);
                 ticker_bar.set_position(Counters::get(&c.connected));
                 ticker_bar.set_message(format!(
-                    "failed {} | pub {} ({}/s) | acked {} | recv {} | errors {}",
+                    "failed {} | pub {} ({}/s) | acked {} | recv {} | reconnects {} | errors {}",
                     Counters::get(&c.connect_failed),
                     published,
                     published - last_published,
                     Counters::get(&c.acked),
                     Counters::get(&c.received),
+                    Counters::get(&c.reconnects),
                     Counters::get(&c.errors),
                 ));
                 last_published = published;
@@ -237,180 +278,6 @@ impl Drop for ProgressGuard {
     fn drop(&mut self) {
         self.task.abort();
         self.bar.finish();
-    }
-}
-
-/// What each client does once connected.
-#[derive(Debug, Clone)]
-pub struct Behaviour {
-    pub subscribe: Option<(String, QoS)>,
-    /// (topic template, QoS, payload size, total rate)
-    pub publish: Option<(String, QoS, usize, f64)>,
-    /// Decode received payloads as Herald DownlinkCommands (announce scenario).
-    pub downlink_commands: bool,
-    /// Publish Herald ScanResults instead of raw stamped payloads (uplink scenario).
-    pub scan_results: bool,
-    pub until: Instant,
-}
-
-/// Runs one client: connect, subscribe, publish on schedule, keep alive.
-pub async fn client(
-    run: Arc<Run>,
-    index: u32,
-    connect_at: Instant,
-    publish_start: Instant,
-    behaviour: Arc<Behaviour>,
-) {
-    let Some(mut connection) = run.connect(index, connect_at).await else {
-        return;
-    };
-    let client_id = run.clients.client_id(index);
-    if let Some((template, qos)) = &behaviour.subscribe {
-        let filter = crate::cli::topic(template, run.clients.start_number + index, &client_id);
-        if let Err(error) = connection.subscribe(&filter, *qos).await {
-            run.error("subscribe", &error);
-            return;
-        }
-    }
-    let lanes = run.clients.count;
-    let publishing = behaviour
-        .publish
-        .as_ref()
-        .map(|(template, qos, size, rate)| {
-            let topic = crate::cli::topic(template, run.clients.start_number + index, &client_id);
-            (
-                topic,
-                *qos,
-                *size,
-                Schedule::new(publish_start, *rate, lanes, index),
-            )
-        });
-    let keepalive = Duration::from_secs(u64::from(run.target.keepalive.max(1)));
-    let mut next_ping = Instant::now() + keepalive / 2;
-    let mut seq: u64 = 0;
-    let mut pkid: u16 = 0;
-    let mut waiting: VecDeque<(u16, Instant)> = VecDeque::new();
-    loop {
-        let next_publish = publishing
-            .as_ref()
-            .map(|(_, _, _, schedule)| schedule.intended(seq));
-        let wake = next_publish
-            .unwrap_or(behaviour.until)
-            .min(next_ping)
-            .min(behaviour.until);
-        tokio::select! {
-            packet = connection.recv() => match packet {
-                Ok(Packet::PubAck(ack)) => {
-                    if let Some(at) = waiting.iter().position(|(p, _)| *p == ack.pkid) {
-                        if let Some((_, intended)) = waiting.remove(at) {
-                            run.ack_latency.lock().unwrap_or_else(|e| e.into_inner()).record(intended, Instant::now());
-                            run.counters.acked.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-                Ok(Packet::PubRec(rec)) => {
-                    let _ = connection.send(&Packet::PubRel(rumqttc::mqttbytes::v4::PubRel::new(rec.pkid))).await;
-                }
-                Ok(Packet::PubComp(comp)) => {
-                    if let Some(at) = waiting.iter().position(|(p, _)| *p == comp.pkid) {
-                        if let Some((_, intended)) = waiting.remove(at) {
-                            run.ack_latency.lock().unwrap_or_else(|e| e.into_inner()).record(intended, Instant::now());
-                            run.counters.acked.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-                Ok(Packet::Publish(publish)) => {
-                    if behaviour.downlink_commands {
-                        record_announcement(&run, &publish.payload);
-                    } else {
-                        run.record_stamp(&publish.payload);
-                    }
-                    match publish.qos {
-                        QoS::AtLeastOnce => {
-                            let _ = connection.send(&Packet::PubAck(rumqttc::mqttbytes::v4::PubAck::new(publish.pkid))).await;
-                        }
-                        QoS::ExactlyOnce => {
-                            let _ = connection.send(&Packet::PubRec(rumqttc::mqttbytes::v4::PubRec::new(publish.pkid))).await;
-                        }
-                        QoS::AtMostOnce => {}
-                    }
-                }
-                Ok(Packet::PubRel(rel)) => {
-                    let _ = connection.send(&Packet::PubComp(rumqttc::mqttbytes::v4::PubComp::new(rel.pkid))).await;
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    if Instant::now() < behaviour.until {
-                        run.error("connection", &error);
-                    }
-                    return;
-                }
-            },
-            _ = tokio::time::sleep_until(wake.into()) => {
-                let now = Instant::now();
-                if now >= behaviour.until {
-                    break;
-                }
-                if let (Some(intended), Some((topic, qos, size, _))) = (next_publish, &publishing) {
-                    if now >= intended {
-                        let payload = if behaviour.scan_results {
-                            scan_result(run.to_unix_micros(intended), seq)
-                        } else {
-                            run.stamped_payload(intended, seq, *size)
-                        };
-                        let id = if *qos == QoS::AtMostOnce { 0 } else {
-                            pkid = pkid.checked_add(1).filter(|p| *p != 0).unwrap_or(1);
-                            waiting.push_back((pkid, intended));
-                            pkid
-                        };
-                        if let Err(error) = connection.publish(topic, *qos, id, payload).await {
-                            run.error("publish", &error);
-                            return;
-                        }
-                        run.counters.published.fetch_add(1, Ordering::Relaxed);
-                        seq += 1;
-                        next_ping = now + keepalive / 2; // any packet counts as activity
-                        continue;
-                    }
-                }
-                if now >= next_ping {
-                    if let Err(error) = connection.send(&Packet::PingReq).await {
-                        run.error("ping", &error);
-                        return;
-                    }
-                    next_ping = now + keepalive / 2;
-                }
-            }
-        }
-    }
-    connection.disconnect().await;
-}
-
-/// A valid WeChat Pay scan whose scan id carries the intended send time.
-fn scan_result(intended_unix_micros: u64, seq: u64) -> Bytes {
-    use herald_schemas::Message as _;
-    let scan = herald_schemas::v1::ScanResult {
-        code: "134567890123456789".into(),
-        scanned_at_ms: (intended_unix_micros / 1000) as i64,
-        scan_id: format!("lt-{intended_unix_micros}-{seq}"),
-    };
-    scan.encode_to_vec().into()
-}
-
-/// Parses `lt-<Unix µs>-<seq>` ids.
-pub fn stamp_of(id: &str) -> Option<u64> {
-    id.strip_prefix("lt-")?.split('-').next()?.parse().ok()
-}
-
-/// Announce scenario: a speaker got a DownlinkCommand whose command id is
-/// `lt-<intended Unix µs>-<seq>`.
-fn record_announcement(run: &Run, payload: &[u8]) {
-    use herald_schemas::Message as _;
-    let Ok(command) = herald_schemas::v1::DownlinkCommand::decode(payload) else {
-        return;
-    };
-    if let Some(sent) = stamp_of(&command.command_id) {
-        run.record_e2e_since(sent);
     }
 }
 

@@ -3,15 +3,18 @@
 
 use anyhow::Context as _;
 use clap::Parser;
-use herald_loadtest::cli::{
-    AnnounceArgs, Cli, Clients, Command, ConnArgs, PubArgs, StormArgs, SubArgs, UplinkArgs,
-};
-use herald_loadtest::engine::{self, Behaviour, Run};
+use herald_loadtest::cli::{Cli, Command, ConnArgs, PubArgs, StormArgs, SubArgs};
+use herald_loadtest::engine::{self, connect_phase, Run};
+use herald_loadtest::lifecycle::{Behaviour, Firmware};
 use herald_loadtest::report::{self, Report};
-use herald_loadtest::schedule::{Latencies, Schedule};
+use herald_loadtest::schedule::Latencies;
 use rumqttc::mqttbytes::QoS;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Exit code of a run that measured loss (acknowledged uplinks missing from
+/// Kafka, downlink commands lost); errors of the tool itself exit with 1.
+const EXIT_LOSS: i32 = 2;
 
 fn qos(level: u8) -> QoS {
     match level {
@@ -29,11 +32,6 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .context("no VmRSS in /proc status")
-}
-
-/// How long the connect phase of `clients` lasts at its rate.
-fn connect_phase(clients: &Clients) -> Duration {
-    Duration::from_secs_f64(f64::from(clients.count) / clients.connect_rate())
 }
 
 #[tokio::main]
@@ -54,8 +52,17 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Sub(args) => sub(args).await,
         Command::Pub(args) => publish(args).await,
-        Command::Uplink(args) => uplink(args).await,
-        Command::Announce(args) => announce(args).await,
+        Command::Uplink(args) => {
+            gate_on_loss(herald_loadtest::uplink::run(&args).await?, &args.target)
+        }
+        Command::Announce(args) => gate_on_loss(
+            herald_loadtest::downlink::announce(&args).await?,
+            &args.target,
+        ),
+        Command::Downlink(args) => gate_on_loss(
+            herald_loadtest::downlink::downlink(&args).await?,
+            &args.target,
+        ),
         Command::Storm(args) => storm(args).await,
         Command::Plot(args) => {
             let mut reports = Vec::new();
@@ -77,6 +84,37 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Emits the report; exits with [`EXIT_LOSS`], saying why, if it measured loss.
+fn gate_on_loss(report: Report, target: &herald_loadtest::cli::Target) -> anyhow::Result<()> {
+    report.emit(target)?;
+    let losses = report.losses();
+    if losses.is_empty() {
+        return Ok(());
+    }
+    for loss in &losses {
+        eprintln!("LOSS: {loss}");
+    }
+    std::process::exit(EXIT_LOSS);
+}
+
+/// A lean (benchmark) client's behaviour: no reconnects, no window.
+fn lean(
+    subscribe: Option<(String, QoS)>,
+    publish: Option<(String, QoS, usize, f64)>,
+    until: Instant,
+) -> Behaviour {
+    Behaviour {
+        subscribe,
+        publish,
+        downlink_commands: false,
+        scan_results: false,
+        until,
+        drain: Duration::ZERO,
+        leave: None,
+        firmware: Firmware::lean(),
+    }
+}
+
 /// `conn` and `fleet`: connect, hold idle with keepalive, measure memory.
 async fn conn(scenario: &str, args: ConnArgs) -> anyhow::Result<()> {
     let run = Run::new(&args.target, &args.clients).await?;
@@ -84,13 +122,7 @@ async fn conn(scenario: &str, args: ConnArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     let connect_time = connect_phase(&args.clients);
     let until = start + connect_time + Duration::from_secs(args.hold);
-    let behaviour = Behaviour {
-        subscribe: None,
-        publish: None,
-        downlink_commands: false,
-        scan_results: false,
-        until,
-    };
+    let behaviour = lean(None, None, until);
     let progress = run.progress(u64::from(args.clients.count));
     let clients = {
         let run = run.clone();
@@ -121,20 +153,14 @@ async fn conn(scenario: &str, args: ConnArgs) -> anyhow::Result<()> {
                 Some((after.saturating_sub(before) * 1024) as f64 / connected_by as f64);
         }
     }
-    report.emit(args.target.report.as_deref())
+    report.emit(&args.target)
 }
 
 async fn sub(args: SubArgs) -> anyhow::Result<()> {
     let run = Run::new(&args.target, &args.clients).await?;
     let start = Instant::now();
     let until = start + connect_phase(&args.clients) + Duration::from_secs(args.duration);
-    let behaviour = Behaviour {
-        subscribe: Some((args.topic.clone(), qos(args.qos))),
-        publish: None,
-        downlink_commands: false,
-        scan_results: false,
-        until,
-    };
+    let behaviour = lean(Some((args.topic.clone(), qos(args.qos))), None, until);
     let _progress = run.progress(u64::from(args.clients.count));
     engine::run_clients(&run, behaviour, start, until).await;
     Report::new(
@@ -144,7 +170,7 @@ async fn sub(args: SubArgs) -> anyhow::Result<()> {
         connect_phase(&args.clients),
         Duration::from_secs(args.duration),
     )
-    .emit(args.target.report.as_deref())
+    .emit(&args.target)
 }
 
 async fn publish(args: PubArgs) -> anyhow::Result<()> {
@@ -157,13 +183,11 @@ async fn publish(args: PubArgs) -> anyhow::Result<()> {
     // Publishing starts once every client had time to connect.
     let publish_start = start + connect_phase(&args.clients) + Duration::from_secs(1);
     let until = publish_start + Duration::from_secs(args.duration);
-    let behaviour = Behaviour {
-        subscribe: args.subscribe.clone().map(|filter| (filter, qos(args.qos))),
-        publish: Some((args.topic.clone(), qos(args.qos), args.size, args.rate)),
-        downlink_commands: false,
-        scan_results: false,
+    let behaviour = lean(
+        args.subscribe.clone().map(|filter| (filter, qos(args.qos))),
+        Some((args.topic.clone(), qos(args.qos), args.size, args.rate)),
         until,
-    };
+    );
     let _progress = run.progress(u64::from(args.clients.count));
     engine::run_clients(&run, behaviour, start, publish_start).await;
     Report::new(
@@ -173,141 +197,7 @@ async fn publish(args: PubArgs) -> anyhow::Result<()> {
         connect_phase(&args.clients),
         Duration::from_secs(args.duration),
     )
-    .emit(args.target.report.as_deref())
-}
-
-/// Terminals publish scans with QoS 1; a Kafka consumer in this process reads
-/// them back (same clock) for the MQTT-to-Kafka latency.
-async fn uplink(args: UplinkArgs) -> anyhow::Result<()> {
-    use rdkafka::consumer::{Consumer, StreamConsumer};
-    use rdkafka::Message as _;
-    let run = Run::new(&args.target, &args.clients).await?;
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &args.kafka)
-        .set(
-            "group.id",
-            format!("herald-loadtest-{}", std::process::id()),
-        )
-        .set("auto.offset.reset", "latest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .context("Kafka consumer")?;
-    consumer.subscribe(&[&args.kafka_topic])?;
-    let reader = {
-        let run = run.clone();
-        tokio::spawn(async move {
-            use herald_schemas::Message as _;
-            loop {
-                let Ok(message) = consumer.recv().await else {
-                    continue;
-                };
-                let Some(payload) = message.payload() else {
-                    continue;
-                };
-                if let Ok(scan) = herald_schemas::v1::ScanResult::decode(payload) {
-                    if let Some(sent) = engine::stamp_of(&scan.scan_id) {
-                        run.record_e2e_since(sent);
-                    }
-                }
-            }
-        })
-    };
-    let start = Instant::now();
-    let publish_start = start + connect_phase(&args.clients) + Duration::from_secs(2);
-    let until = publish_start + Duration::from_secs(args.duration);
-    let behaviour = Behaviour {
-        subscribe: None,
-        publish: Some(("devices/%c/up/scan".into(), QoS::AtLeastOnce, 0, args.rate)),
-        downlink_commands: false,
-        scan_results: true,
-        until,
-    };
-    let progress = run.progress(u64::from(args.clients.count));
-    engine::run_clients(&run, behaviour, start, publish_start).await;
-    tokio::time::sleep(Duration::from_secs(2)).await; // the last records reach the reader
-    reader.abort();
-    drop(progress);
-    Report::new(
-        "uplink",
-        &run,
-        Some(args.rate),
-        connect_phase(&args.clients),
-        Duration::from_secs(args.duration),
-    )
-    .emit(args.target.report.as_deref())
-}
-
-/// Speakers subscribe; payment events go to Kafka on schedule; latency is
-/// from each event's intended production time to the speaker receiving the
-/// announcement (Herald + announcer in between).
-async fn announce(args: AnnounceArgs) -> anyhow::Result<()> {
-    use herald_schemas::Message as _;
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-    let run = Run::new(&args.target, &args.clients).await?;
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &args.kafka)
-        .set("linger.ms", "1")
-        .create()
-        .context("Kafka producer")?;
-    let start = Instant::now();
-    let payments_start = start + connect_phase(&args.clients) + Duration::from_secs(2);
-    let until = payments_start + Duration::from_secs(args.duration) + Duration::from_secs(5);
-    let behaviour = Behaviour {
-        subscribe: Some(("devices/%c/down/#".into(), QoS::AtLeastOnce)),
-        publish: None,
-        downlink_commands: true,
-        scan_results: false,
-        until,
-    };
-    let progress = run.progress(u64::from(args.clients.count));
-    let speakers = {
-        let run = run.clone();
-        tokio::spawn(async move { engine::run_clients(&run, behaviour, start, until).await })
-    };
-    let schedule = Schedule::new(payments_start, args.rate, 1, 0);
-    let total = (args.rate * args.duration as f64) as u64;
-    for seq in 0..total {
-        let intended = schedule.intended(seq);
-        tokio::time::sleep_until(intended.into()).await;
-        let speaker = args
-            .clients
-            .client_id((seq % u64::from(args.clients.count)) as u32);
-        let sent = run.to_unix_micros(intended);
-        let event = herald_schemas::v1::PaymentEvent {
-            payment_id: format!("lt-{sent}-{seq}"),
-            merchant_id: "loadtest".into(),
-            device_id: speaker.clone(),
-            amount_minor: 1250,
-            currency: "CNY".into(),
-            channel: herald_schemas::v1::PaymentChannel::Alipay as i32,
-            locale: "zh-CN".into(),
-            created_at_ms: (sent / 1000) as i64,
-            expires_at_ms: 0,
-        };
-        let payload = event.encode_to_vec();
-        match producer.send_result(
-            FutureRecord::to(&args.payments_topic)
-                .key(&speaker)
-                .payload(&payload),
-        ) {
-            Ok(_) => {
-                run.counters
-                    .published
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            Err((error, _)) => run.error("produce", &anyhow::Error::new(error)),
-        }
-    }
-    speakers.await?;
-    drop(progress);
-    Report::new(
-        "announce",
-        &run,
-        Some(args.rate),
-        connect_phase(&args.clients),
-        Duration::from_secs(args.duration),
-    )
-    .emit(args.target.report.as_deref())
+    .emit(&args.target)
 }
 
 /// Connect the fleet, hold, then drop every connection at once and
@@ -358,5 +248,5 @@ async fn storm(args: StormArgs) -> anyhow::Result<()> {
         &reconnect.lock().unwrap_or_else(|e| e.into_inner()),
     );
     eprintln!("storm: {dropped} connections dropped at once, all back in {storm_time:?}");
-    report.emit(args.target.report.as_deref())
+    report.emit(&args.target)
 }

@@ -1,10 +1,15 @@
-//! The JSON report every scenario prints (and writes with --report), and the
-//! SVG plot of latency distributions drawn from reports.
+//! The report of a run: a short human summary on stdout, the full JSON
+//! (with the latency distributions) in `--report FILE` or on stdout with
+//! `--json`; the verdict on loss that sets the exit code; and the SVG plot
+//! of latency distributions drawn from JSON reports.
 
+use crate::accounting::{DownlinkAccounting, UplinkAccounting};
+use crate::cli::Target;
 use crate::engine::{Counters, Run};
 use crate::schedule::{Latencies, Percentiles};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
@@ -34,6 +39,28 @@ pub struct Report {
     pub broker_rss_before_kib: Option<u64>,
     pub broker_rss_after_kib: Option<u64>,
     pub broker_rss_per_connection_bytes: Option<f64>,
+    /// The prefix of every message id of this run (scan, command, payment ids).
+    #[serde(default)]
+    pub run_tag: String,
+    /// Connections lost while the terminal meant to stay.
+    #[serde(default)]
+    pub disconnects: u64,
+    /// Connections re-established after a loss; their latency (loss to
+    /// CONNACK) is the `reconnect` series.
+    #[serde(default)]
+    pub reconnects: u64,
+    /// Reconnect attempts that failed (refused, timed out, CONNACK refused).
+    #[serde(default)]
+    pub reconnect_failures: u64,
+    /// Reconnects whose CONNACK said session present.
+    #[serde(default)]
+    pub sessions_resumed: u64,
+    /// Uplink loss accounting (uplink scenario).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<UplinkAccounting>,
+    /// Downlink loss accounting (downlink and announce scenarios).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downlink: Option<DownlinkAccounting>,
 }
 
 impl Report {
@@ -68,11 +95,19 @@ impl Report {
             broker_rss_before_kib: None,
             broker_rss_after_kib: None,
             broker_rss_per_connection_bytes: None,
+            run_tag: run.run_tag.as_str().to_string(),
+            disconnects: Counters::get(&c.disconnects),
+            reconnects: Counters::get(&c.reconnects),
+            reconnect_failures: Counters::get(&c.reconnect_failures),
+            sessions_resumed: Counters::get(&c.sessions_resumed),
+            uplink: None,
+            downlink: None,
         };
         for (name, latencies) in [
             ("connect", &run.connect_latency),
             ("ack", &run.ack_latency),
             ("e2e", &run.e2e_latency),
+            ("reconnect", &run.reconnect_latency),
         ] {
             let latencies = latencies.lock().unwrap_or_else(|e| e.into_inner());
             report.add_series(name, &latencies);
@@ -89,14 +124,122 @@ impl Report {
         }
     }
 
-    pub fn emit(&self, path: Option<&Path>) -> anyhow::Result<()> {
+    /// Writes the JSON to `--report`, and prints the summary on stdout (on
+    /// stderr with `--json`, which prints the JSON on stdout).
+    pub fn emit(&self, target: &Target) -> anyhow::Result<()> {
         let json = serde_json::to_string_pretty(self)?;
-        println!("{json}");
-        if let Some(path) = path {
+        if let Some(path) = &target.report {
             std::fs::write(path, &json)
                 .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
         }
+        if target.json {
+            eprint!("{}", self.summary());
+            println!("{json}");
+        } else {
+            print!("{}", self.summary());
+        }
         Ok(())
+    }
+
+    /// A few lines for a person: counts, then one line per latency series.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{}: {} clients, {} connected, {} failed; {} published ({:.0}/s), {} acked, {} received; {} errors",
+            self.scenario,
+            self.clients,
+            self.connected,
+            self.connect_failed,
+            self.published,
+            self.achieved_publish_rate,
+            self.acked,
+            self.received,
+            self.errors,
+        );
+        if self.disconnects + self.reconnects + self.reconnect_failures > 0 {
+            let _ = writeln!(
+                out,
+                "connections: {} lost, {} reconnects ({} sessions resumed), {} failed reconnect attempts",
+                self.disconnects, self.reconnects, self.sessions_resumed, self.reconnect_failures
+            );
+        }
+        if let Some(u) = &self.uplink {
+            let _ = writeln!(
+                out,
+                "uplink: sent {}, acked {}, in_kafka {}, acked_but_lost {}, duplicates {}, never_acked {} ({} of them in Kafka); retransmitted {}, not_sent {}{}",
+                u.sent,
+                u.acked,
+                u.in_kafka,
+                u.acked_but_lost,
+                u.duplicates,
+                u.never_acked,
+                u.never_acked_in_kafka,
+                u.retransmitted,
+                u.not_sent,
+                if u.kafka_caught_up { "" } else { " (Kafka read-back incomplete)" },
+            );
+        }
+        if let Some(d) = &self.downlink {
+            let by_outcome: Vec<String> = d
+                .receipted_by_outcome
+                .iter()
+                .map(|(outcome, n)| format!("{outcome} {n}"))
+                .collect();
+            let _ =
+                writeln!(
+                out,
+                "downlink: produced {}, delivered {}, receipted {} ({}), lost {}, duplicated {}{}",
+                d.produced,
+                d.delivered,
+                d.receipted,
+                by_outcome.join(", "),
+                d.lost,
+                d.duplicated,
+                if d.receipts_caught_up { "" } else { " (receipts read-back incomplete)" },
+            );
+        }
+        for (name, p) in &self.latency_us {
+            let ms = |us: u64| us as f64 / 1000.0;
+            let _ = writeln!(
+                out,
+                "{name:<10} count {:<8} p50 {:>8.2}  p99 {:>8.2}  p99.9 {:>8.2}  max {:>8.2} ms",
+                p.count,
+                ms(p.p50),
+                ms(p.p99),
+                ms(p.p999),
+                ms(p.max)
+            );
+        }
+        if let Some(error) = &self.first_error {
+            let _ = writeln!(out, "first error: {error}");
+        }
+        out
+    }
+
+    /// Why this run counts as having lost messages (empty if it did not):
+    /// PUBACKed uplinks missing from Kafka, downlink commands lost.
+    pub fn losses(&self) -> Vec<String> {
+        let mut losses = Vec::new();
+        if let Some(u) = self.uplink.as_ref().filter(|u| u.acked_but_lost > 0) {
+            losses.push(format!(
+                "{} PUBACKed uplinks were not read back from Kafka topic {} (acked_but_lost){}",
+                u.acked_but_lost,
+                u.kafka_topic,
+                if u.kafka_caught_up {
+                    ""
+                } else {
+                    "; the read-back did not reach the topic's end offsets"
+                }
+            ));
+        }
+        if let Some(d) = self.downlink.as_ref().filter(|d| d.lost > 0) {
+            losses.push(format!(
+                "{} commands Kafka confirmed on {} were neither delivered nor receipted as expired or refused (lost)",
+                d.lost, d.downlink_topic
+            ));
+        }
+        losses
     }
 }
 

@@ -41,6 +41,23 @@ impl Schedule {
     pub fn interval(&self) -> Duration {
         self.interval
     }
+
+    /// How many operations of this lane are meant to start before `end`.
+    pub fn count_before(&self, end: Instant) -> u64 {
+        let first = self.start + self.phase;
+        if end <= first {
+            return 0;
+        }
+        let estimate = ((end - first).as_secs_f64() / self.interval.as_secs_f64().max(1e-12))
+            .ceil()
+            .min(1e15) as u64;
+        // The float estimate can be off by one either way.
+        let mut count = estimate.saturating_sub(1);
+        while self.intended(count) < end {
+            count += 1;
+        }
+        count
+    }
 }
 
 /// Latencies in microseconds, 1 µs to 1 hour, 3 significant digits.
@@ -132,6 +149,17 @@ mod tests {
         times.sort();
         let expected: Vec<Duration> = (0..12).map(Duration::from_millis).collect();
         assert_eq!(times, expected, "one operation every millisecond overall");
+    }
+
+    #[test]
+    fn count_before_counts_operations_meant_to_start_earlier() {
+        let start = Instant::now();
+        let lane = Schedule::new(start, 1000.0, 4, 1); // 1 ms, 5 ms, 9 ms, ...
+        assert_eq!(lane.count_before(start), 0);
+        assert_eq!(lane.count_before(start + Duration::from_millis(1)), 0);
+        assert_eq!(lane.count_before(start + Duration::from_micros(1001)), 1);
+        assert_eq!(lane.count_before(start + Duration::from_millis(9)), 2);
+        assert_eq!(lane.count_before(start + Duration::from_secs(1)), 250);
     }
 
     #[test]
