@@ -46,8 +46,9 @@ pub struct UplinkAccounting {
     pub never_acked_in_kafka: u64,
     /// PUBLISHes sent again with DUP after a reconnect.
     pub retransmitted: u64,
-    /// Messages scheduled in the publishing phase that were never sent (the
-    /// in-flight window was full or the terminal offline when it ended).
+    /// Messages scheduled in the publishing phase that were never sent: the
+    /// terminal was still behind (in-flight window full, or offline) when
+    /// the drain time ran out.
     pub not_sent: u64,
     /// Records of this run read back, duplicates included.
     pub kafka_records: u64,

@@ -253,8 +253,9 @@ pub struct UplinkArgs {
     /// Kafka topic Herald writes scan uplinks to.
     #[arg(long, default_value = "herald.uplink.scan")]
     pub kafka_topic: String,
-    /// After publishing, how long terminals wait (reconnecting as needed)
-    /// for their outstanding PUBACKs, in seconds.
+    /// After the publishing phase, how long terminals may still send the
+    /// scans they fell behind with and wait (reconnecting as needed) for
+    /// their outstanding PUBACKs, in seconds.
     #[arg(long, default_value_t = 30)]
     pub drain: u64,
     /// After the terminals are done, how long the read-back waits for

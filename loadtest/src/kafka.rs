@@ -55,7 +55,10 @@ impl ReadBack {
             )
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest");
+            .set("auto.offset.reset", "earliest")
+            // Back soon after a Kafka restart, so that the e2e latency read
+            // here is Herald's, not this reader's reconnect backoff.
+            .set("reconnect.backoff.max.ms", "1000");
         let consumer: StreamConsumer = config.create().context("creating the Kafka consumer")?;
         let consumer = Arc::new(consumer);
         let probe: BaseConsumer = config.create().context("creating the Kafka consumer")?;
@@ -239,6 +242,7 @@ pub fn producer(bootstrap_servers: &str) -> anyhow::Result<FutureProducer> {
         .set("linger.ms", "1")
         .set("socket.nagle.disable", "true")
         .set("message.timeout.ms", "120000")
+        .set("reconnect.backoff.max.ms", "1000")
         .create()
         .context("creating the Kafka producer")
 }

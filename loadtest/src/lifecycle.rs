@@ -71,10 +71,14 @@ pub struct Behaviour {
     /// Publish Herald ScanResults with this run's ids, counted in the run's
     /// uplink ledger, instead of raw stamped payloads.
     pub scan_results: bool,
-    /// Publishing ends here. Without `leave`, clients leave then, once their
-    /// outbox is empty or `drain` has passed.
+    /// No message is scheduled from here on. Without `leave`, clients leave
+    /// once they have sent every message scheduled before it and have no
+    /// acknowledgement outstanding, or when `drain` has passed since.
     pub until: Instant,
-    /// How long after `until` clients wait for their outstanding acknowledgements.
+    /// How long after `until` clients may still send what they are behind
+    /// with (the in-flight window was full, or they were offline) and wait
+    /// for their outstanding acknowledgements. Zero for benchmark clients:
+    /// they stop at `until`.
     pub drain: Duration,
     /// Clients leave when this turns true (or its sender is gone), instead
     /// of after `until`.
@@ -140,6 +144,13 @@ impl Terminal {
             .then_some(intended)
     }
 
+    /// Whether every message scheduled before `until` has been sent.
+    fn published_all(&self, until: Instant) -> bool {
+        self.publishing
+            .as_ref()
+            .is_none_or(|p| p.schedule.intended(self.seq) >= until)
+    }
+
     fn topic(&self) -> &str {
         self.publishing.as_ref().map_or("", |p| p.topic.as_str())
     }
@@ -150,8 +161,8 @@ fn should_leave(behaviour: &Behaviour, terminal: &Terminal, now: Instant) -> boo
     if let Some(leave) = &behaviour.leave {
         return *leave.borrow() || leave.has_changed().is_err();
     }
-    now >= behaviour.until
-        && (terminal.outbox.is_empty() || now >= behaviour.until + behaviour.drain)
+    let drained = terminal.outbox.is_empty() && terminal.published_all(behaviour.until);
+    now >= behaviour.until + behaviour.drain || (now >= behaviour.until && drained)
 }
 
 /// Resolves when the leave signal says so; never without one.
@@ -347,7 +358,7 @@ async fn serve(
                     ));
                 }
                 if let Some(intended) = next_publish {
-                    if now >= intended && now < behaviour.until {
+                    if now >= intended {
                         if let Err(error) = publish_next(run, terminal, connection, behaviour, intended).await {
                             return SessionEnd::Lost(error);
                         }
