@@ -414,6 +414,7 @@ async fn sweep_sessions(shared: Arc<Shared>) {
     loop {
         tokio::select! {
             _ = shared.shutdown.cancelled() => return,
+            _ = shared.drain.cancelled() => return,
             _ = tick.tick() => {}
         }
         shared.mailbox.sweep(Instant::now());
@@ -436,6 +437,7 @@ async fn watch_revocations(shared: Arc<Shared>, path: std::path::PathBuf) {
     loop {
         tokio::select! {
             _ = shared.shutdown.cancelled() => return,
+            _ = shared.drain.cancelled() => return,
             _ = tick.tick() => {}
         }
         let current = std::fs::metadata(&path)

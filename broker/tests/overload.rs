@@ -176,4 +176,13 @@ async fn a_drain_closes_every_connection_with_server_shutting_down() {
     // New connections are refused.
     let refused = tokio::net::TcpStream::connect(broker.addr).await;
     assert!(refused.is_err(), "the listener is closed while draining");
+    // And the drain ends as soon as the connections are gone, well within
+    // drain_period + shutdown_grace (10.5 s here).
+    let mut broker = broker;
+    let drained =
+        tokio::time::timeout(Duration::from_secs(3), broker.broker.take().unwrap().wait());
+    assert!(
+        drained.await.is_ok(),
+        "the drain finished once every connection closed"
+    );
 }
