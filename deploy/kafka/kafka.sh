@@ -457,7 +457,8 @@ install) check_java && install ;;
 start | ensure) start ;;
 stop) stop_with TERM "$KAFKA_STOP_TIMEOUT" ;;
 kill) stop_with KILL 10 ;;
-restart) stop_with TERM "$KAFKA_STOP_TIMEOUT" && start ;;
+# stop_with keeps its lock until the shell exits: a subshell releases it for start.
+restart) (stop_with TERM "$KAFKA_STOP_TIMEOUT") && start ;;
 status) status ;;
 logs)
   [[ -f $SERVER_LOG ]] || die "no log at $SERVER_LOG"
