@@ -82,7 +82,8 @@ pub(crate) struct Shared {
     /// Bumped when the revocation list changes, so connections re-check.
     revocations: AtomicU64,
     /// Cancelled when a graceful shutdown begins: listeners stop accepting
-    /// and connections close, spread over the drain time.
+    /// and connections close, spread over the drain time. A child of
+    /// `shutdown`, so it is cancelled by a plain shutdown too.
     drain: CancellationToken,
     shutdown: CancellationToken,
 }

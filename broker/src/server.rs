@@ -90,7 +90,7 @@ impl Broker {
             max_connections,
             connected: AtomicUsize::new(0),
             revocations: AtomicU64::new(0),
-            drain: CancellationToken::new(),
+            drain: shutdown.child_token(),
             shutdown,
         });
         if let Some(path) = &shared.config.auth.revocation_file {
@@ -169,6 +169,7 @@ impl Broker {
     pub async fn wait(self) {
         let config = &self.shared.config;
         let limit = tokio::select! {
+            biased;
             _ = self.shared.shutdown.cancelled() => config.shutdown_grace,
             _ = self.shared.drain.cancelled() => {
                 info!(
@@ -290,8 +291,7 @@ async fn accept_loop(
     let rate_limit = connect_rate_limiter(&shared.config);
     loop {
         let accepted = tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
-            _ = shared.drain.cancelled() => return,
+            _ = shared.drain.cancelled() => return, // also on shutdown
             accepted = listener.accept() => accepted,
         };
         let (stream, _peer) = match accepted {
@@ -413,8 +413,7 @@ async fn sweep_sessions(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     loop {
         tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
-            _ = shared.drain.cancelled() => return,
+            _ = shared.drain.cancelled() => return, // also on shutdown
             _ = tick.tick() => {}
         }
         shared.mailbox.sweep(Instant::now());
@@ -436,8 +435,7 @@ async fn watch_revocations(shared: Arc<Shared>, path: std::path::PathBuf) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
-            _ = shared.drain.cancelled() => return,
+            _ = shared.drain.cancelled() => return, // also on shutdown
             _ = tick.tick() => {}
         }
         let current = std::fs::metadata(&path)

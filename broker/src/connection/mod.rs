@@ -200,8 +200,10 @@ impl Connection {
             };
             let event = tokio::select! {
                 biased;
-                _ = self.shared.shutdown.cancelled() => Event::Shutdown,
+                // One token per loop: `drain` is a child of `shutdown`, so
+                // it also fires on a plain shutdown.
                 _ = self.shared.drain.cancelled(), if self.drain == DrainStage::Serving => Event::Drain,
+                _ = self.shared.shutdown.cancelled(), if self.drain != DrainStage::Serving => Event::Shutdown,
                 _ = sleep_until_opt(close_at), if close_at.is_some() => Event::CloseForDrain,
                 _ = self.wake.notified() => Event::Wake,
                 _ = sleep_until_opt(slow_deadline), if slow_deadline.is_some() => Event::SlowSubscriberCheck,
@@ -212,6 +214,9 @@ impl Connection {
             };
             let outcome = match event {
                 Event::Shutdown => Err(CloseReason::ServerShutdown),
+                Event::Drain if self.shared.shutdown.is_cancelled() => {
+                    Err(CloseReason::ServerShutdown)
+                }
                 Event::Drain => {
                     let delay = self.shared.drain_delay(self.generation);
                     self.drain = DrainStage::ClosesAt(Instant::now() + delay);
