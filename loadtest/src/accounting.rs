@@ -1,6 +1,8 @@
 //! The loss ledger of a run: which messages were sent, acknowledged, read
 //! back from Kafka, delivered and receipted, by unique id, and the counts a
-//! fault test gates on (acknowledged-but-lost, lost, duplicates).
+//! fault test gates on (acknowledged-but-lost, lost, duplicates), for the
+//! whole fleet or part of it (healthy, stalled, slow terminals). The MQTT
+//! fan-in has its own, bitset ledger (fanin_ledger.rs).
 //!
 //! Uplinks are keyed by (terminal, sequence number), downlink commands by
 //! their sequence number in the run; message_id.rs turns the ids found in
@@ -214,6 +216,55 @@ pub struct DownlinkAccounting {
     pub receipts_caught_up: bool,
     pub downlink_topic: String,
     pub receipts_topic: String,
+    /// The same counts for the terminals that read and acknowledge at once
+    /// (all of them, unless some stall or are slow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<DownlinkClassAccounting>,
+    /// For the terminals that stopped reading after they subscribed
+    /// (`--stalled`): their commands end as expired or refused receipts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stalled: Option<DownlinkClassAccounting>,
+    /// For the terminals that acknowledge late (`--slow`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow: Option<DownlinkClassAccounting>,
+    /// Stalled terminals whose connection the broker closed.
+    #[serde(default)]
+    pub stalled_disconnected: u64,
+    /// For each of those, ms from the stall to the disconnect (as noticed).
+    #[serde(default)]
+    pub stalled_disconnected_after_ms: Vec<u64>,
+    /// Commands the stalled terminals found unread in their sockets at the
+    /// end (written by the broker, never acknowledged; not counted as delivered).
+    #[serde(default)]
+    pub stalled_unread: u64,
+}
+
+/// The downlink counts of one kind of terminal (`downlink.healthy`,
+/// `downlink.stalled`, `downlink.slow`); the same meanings as in
+/// [`DownlinkAccounting`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownlinkClassAccounting {
+    pub terminals: u32,
+    pub produced: u64,
+    pub delivered: u64,
+    pub receipted: u64,
+    pub receipted_by_outcome: BTreeMap<String, u64>,
+    pub lost: u64,
+    pub duplicated: u64,
+}
+
+impl From<DownlinkAccounting> for DownlinkClassAccounting {
+    fn from(a: DownlinkAccounting) -> Self {
+        Self {
+            terminals: 0,
+            produced: a.produced,
+            delivered: a.delivered,
+            receipted: a.receipted,
+            receipted_by_outcome: a.receipted_by_outcome,
+            lost: a.lost,
+            duplicated: a.duplicated,
+        }
+    }
 }
 
 impl DownlinkLedger {
@@ -260,6 +311,29 @@ impl DownlinkLedger {
             .iter()
             .filter(|seq| !self.receipts.contains_key(seq))
             .count() as u64
+    }
+
+    /// The part of the ledger about the commands whose sequence number
+    /// `keep` accepts (e.g. those of some terminals); receipt records and
+    /// failed produces are not per command and stay out.
+    pub fn subset(&self, keep: impl Fn(u64) -> bool) -> DownlinkLedger {
+        DownlinkLedger {
+            produced: self.produced.iter().copied().filter(|&s| keep(s)).collect(),
+            produce_failed: 0,
+            deliveries: self
+                .deliveries
+                .iter()
+                .filter(|(&s, _)| keep(s))
+                .map(|(&s, &n)| (s, n))
+                .collect(),
+            receipts: self
+                .receipts
+                .iter()
+                .filter(|(&s, _)| keep(s))
+                .map(|(&s, &o)| (s, o))
+                .collect(),
+            receipt_records: 0,
+        }
     }
 
     /// The counts from the ids (topics and `receipts_caught_up` stay at their default).
@@ -418,5 +492,59 @@ mod tests {
         assert_eq!(a.delivered_without_receipt, 2, "1 and 7");
         assert_eq!(a.receipt_records, 5);
         assert_eq!(a.unknown, 1);
+    }
+
+    #[test]
+    fn a_subset_of_terminals_has_its_own_counts() {
+        // Four terminals, commands round robin: terminal 0 stalls, the rest are healthy.
+        let mut ledger = DownlinkLedger::default();
+        for seq in 0..8 {
+            ledger.produced(seq);
+            if seq % 4 == 0 {
+                // The stalled terminal's commands expire, or are refused.
+                let outcome = if seq == 0 {
+                    ReceiptOutcome::Expired
+                } else {
+                    ReceiptOutcome::Refused
+                };
+                ledger.receipt(seq, outcome);
+            } else {
+                ledger.delivered(seq);
+                ledger.receipt(seq, ReceiptOutcome::Delivered);
+            }
+        }
+        ledger.delivered(5);
+        let stalled: DownlinkClassAccounting =
+            ledger.subset(|seq| seq % 4 == 0).accounting().into();
+        assert_eq!(
+            (
+                stalled.produced,
+                stalled.delivered,
+                stalled.receipted,
+                stalled.lost
+            ),
+            (2, 0, 2, 0),
+            "expired and refused are not lost"
+        );
+        assert_eq!(
+            stalled.receipted_by_outcome,
+            BTreeMap::from([
+                ("delivered".to_string(), 0),
+                ("expired".to_string(), 1),
+                ("refused".to_string(), 1)
+            ])
+        );
+        let healthy = ledger.subset(|seq| seq % 4 != 0).accounting();
+        assert_eq!(
+            (
+                healthy.produced,
+                healthy.delivered,
+                healthy.lost,
+                healthy.duplicated
+            ),
+            (6, 6, 0, 1)
+        );
+        assert_eq!(healthy.unknown, 0);
+        assert_eq!(ledger.accounting().produced, 8);
     }
 }

@@ -1,9 +1,11 @@
 //! Command-line interface, following emqtt-bench's conventions (`conn`,
 //! `sub`, `pub`; `-c` clients, `-i`/`-R` connect pacing, `-q`, `-s`, `-t`
 //! with `%i` and `%c`, `-h`/`-p`, `--ifaddr`), plus the terminal-platform
-//! scenarios `fleet`, `uplink`, `announce`, `downlink` and `storm`.
+//! scenarios `fleet`, `uplink`, `announce`, `downlink` and `storm`, and the
+//! loss-counting MQTT fan-in `fanin`.
 
 use crate::backoff::BackoffPolicy;
+use crate::impairment::Impairments;
 use crate::lifecycle::Firmware;
 use clap::{ArgAction, Args, Parser, Subcommand};
 use std::net::IpAddr;
@@ -48,6 +50,12 @@ pub enum Command {
     /// rate: time until the terminal has them, and every command accounted
     /// for (delivered, receipted, lost; exit code 2 if one is lost).
     Downlink(DownlinkArgs),
+    /// Plain MQTT fan-in with every message accounted for: publishers send
+    /// QoS 1 as fast as their in-flight window allows (or at -r), one
+    /// subscriber acknowledges everything; sent, acknowledged, received,
+    /// acknowledged but lost (exit code 2 if not 0), duplicates. Optionally
+    /// with subscribers that stop reading or acknowledge late.
+    Fanin(FaninArgs),
     /// The whole fleet drops and reconnects at once.
     Storm(StormArgs),
     /// Draw latency distributions of JSON reports as an SVG plot.
@@ -153,8 +161,14 @@ impl Clients {
     }
 
     pub fn client_id(&self, index: u32) -> String {
+        self.client_id_named(&(self.start_number + index).to_string())
+    }
+
+    /// The client id template with `name` for %i (a scenario's other
+    /// clients, e.g. its subscriber: `bench-%p-sub`).
+    pub fn client_id_named(&self, name: &str) -> String {
         self.client_id
-            .replace("%i", &(self.start_number + index).to_string())
+            .replace("%i", name)
             .replace("%p", &std::process::id().to_string())
     }
 }
@@ -324,7 +338,9 @@ pub struct DownlinkArgs {
     #[arg(long, default_value = "herald.receipts")]
     pub receipts_topic: String,
     /// Seconds a command may wait for its terminal (its expires_at_ms; 0:
-    /// Herald's default TTL).
+    /// Herald's default TTL). With --stalled, commands to the stalled
+    /// terminals end only by expiring (or being refused): keep it below
+    /// --settle so that their receipts come within the run.
     #[arg(long, default_value_t = 60)]
     pub ttl: u64,
     /// After producing, how long to wait without any new delivery or
@@ -336,6 +352,79 @@ pub struct DownlinkArgs {
     pub settle: u64,
     #[command(flatten)]
     pub firmware: FirmwareArgs,
+    /// Terminals among -c that stall or are slow: the first --stalled
+    /// ones, then the next --slow ones (commands go round robin, so each
+    /// gets its share).
+    #[command(flatten)]
+    pub impaired: ImpairmentArgs,
+}
+
+/// Clients that misbehave as broken devices do (issue #8, item 2.7).
+#[derive(Args, Debug, Clone)]
+pub struct ImpairmentArgs {
+    /// Clients that subscribe and then never read from their socket again
+    /// (connection held open, PINGREQ still sent, no reconnect).
+    #[arg(long, default_value_t = 0)]
+    pub stalled: u32,
+    /// Clients that acknowledge each message --slow-ack-ms after it arrived.
+    #[arg(long, default_value_t = 0)]
+    pub slow: u32,
+    /// How long a slow client holds each PUBACK, in ms.
+    #[arg(long, default_value_t = 200)]
+    pub slow_ack_ms: u64,
+}
+
+impl ImpairmentArgs {
+    pub fn impairments(&self) -> Impairments {
+        Impairments {
+            stalled: self.stalled,
+            slow: self.slow,
+            slow_ack: Duration::from_millis(self.slow_ack_ms),
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct FaninArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Publishers.
+    #[command(flatten)]
+    pub clients: Clients,
+    /// Topic template of the publishers (%i, %c).
+    #[arg(short = 't', long, default_value = "bench/in/%i")]
+    pub topic: String,
+    /// The subscriber's topic filter.
+    #[arg(long, default_value = "bench/in/#")]
+    pub filter: String,
+    /// QoS of the publishers and of the subscription.
+    #[arg(short = 'q', long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub qos: u8,
+    /// Payload size in bytes; the message's id (about 40 bytes) comes first
+    /// and is sent whole even if longer.
+    #[arg(short = 's', long, default_value_t = 256)]
+    pub size: usize,
+    /// Total messages per second across all publishers, on an open-loop
+    /// schedule (latencies from the scheduled time). Default: every
+    /// publisher sends as fast as its in-flight window allows.
+    #[arg(short = 'r', long)]
+    pub rate: Option<f64>,
+    /// Seconds to publish.
+    #[arg(short = 'd', long, default_value_t = 30)]
+    pub duration: u64,
+    /// Most unacknowledged QoS 1/2 messages per publisher (0: no limit).
+    #[arg(long, default_value_t = 32)]
+    pub inflight: usize,
+    /// After the publishing phase, how long to wait without any new
+    /// acknowledgement or reception before counting what is missing
+    /// (seconds). Waited only while something sent is unacknowledged or
+    /// not received.
+    #[arg(long, default_value_t = 10)]
+    pub settle: u64,
+    /// Extra subscribers on the same filter (QoS 1, persistent sessions)
+    /// that stall or are slow; the loss accounting is the main subscriber's.
+    #[command(flatten)]
+    pub impaired: ImpairmentArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -406,6 +495,61 @@ mod tests {
         let id = args.clients.client_id(7);
         assert_eq!(id, format!("bench-{}-7", std::process::id()));
         assert_eq!(topic(&args.topic, 7, &id), format!("t/7/{id}"));
+    }
+
+    #[test]
+    fn fanin_defaults_and_impaired_clients() {
+        let cli = Cli::try_parse_from([
+            "herald-loadtest",
+            "fanin",
+            "-p",
+            "21885",
+            "--stalled",
+            "2",
+            "--slow",
+            "1",
+            "--slow-ack-ms",
+            "50",
+            "--client-id",
+            "fault-fanin-%i",
+        ])
+        .unwrap();
+        let Command::Fanin(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.clients.count, 100);
+        assert_eq!(
+            (args.topic.as_str(), args.filter.as_str()),
+            ("bench/in/%i", "bench/in/#")
+        );
+        assert_eq!(
+            (args.qos, args.rate, args.inflight, args.settle),
+            (1, None, 32, 10)
+        );
+        let impairments = args.impaired.impairments();
+        assert_eq!((impairments.stalled, impairments.slow), (2, 1));
+        assert_eq!(impairments.slow_ack, Duration::from_millis(50));
+        assert_eq!(args.clients.client_id_named("sub"), "fault-fanin-sub");
+
+        let cli = Cli::try_parse_from([
+            "herald-loadtest",
+            "downlink",
+            "--stalled",
+            "5",
+            "--slow",
+            "5",
+            "--ttl",
+            "10",
+        ])
+        .unwrap();
+        let Command::Downlink(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(
+            (args.impaired.stalled, args.impaired.slow, args.ttl),
+            (5, 5, 10)
+        );
+        assert_eq!(args.impaired.slow_ack_ms, 200);
     }
 
     #[test]

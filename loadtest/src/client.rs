@@ -96,6 +96,12 @@ pub fn ensure_fd_limit(clients: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Appends `packet`'s bytes to `out`.
+pub fn encode(packet: &Packet, out: &mut BytesMut) -> anyhow::Result<()> {
+    packet.write(out, usize::MAX)?;
+    Ok(())
+}
+
 /// One MQTT connection.
 pub struct Connection {
     stream: TcpStream,
@@ -154,8 +160,14 @@ impl Connection {
 
     pub async fn send(&mut self, packet: &Packet) -> anyhow::Result<()> {
         let mut out = BytesMut::with_capacity(packet.size());
-        packet.write(&mut out, usize::MAX)?;
+        encode(packet, &mut out)?;
         self.stream.write_all(&out).await?;
+        Ok(())
+    }
+
+    /// Writes packets encoded with [`encode`] in one go.
+    pub async fn send_encoded(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.stream.write_all(bytes).await?;
         Ok(())
     }
 
@@ -177,20 +189,29 @@ impl Connection {
         self.send(&Packet::Subscribe(subscribe)).await
     }
 
+    /// The next packet already read from the socket, if a whole one is
+    /// buffered; never waits.
+    pub fn next_buffered(&mut self) -> anyhow::Result<Option<Packet>> {
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        match Packet::read(&mut self.buf, 16 << 20) {
+            Ok(packet) => {
+                if self.buf.is_empty() {
+                    self.buf = BytesMut::new(); // idle terminals hold no buffer
+                }
+                Ok(Some(packet))
+            }
+            Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
+            Err(e) => bail!("bad packet from the broker: {e}"),
+        }
+    }
+
     /// Reads the next packet (cancel-safe: bytes stay buffered).
     pub async fn recv(&mut self) -> anyhow::Result<Packet> {
         loop {
-            if !self.buf.is_empty() {
-                match Packet::read(&mut self.buf, 16 << 20) {
-                    Ok(packet) => {
-                        if self.buf.is_empty() {
-                            self.buf = BytesMut::new(); // idle terminals hold no buffer
-                        }
-                        return Ok(packet);
-                    }
-                    Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
-                    Err(e) => bail!("bad packet from the broker: {e}"),
-                }
+            if let Some(packet) = self.next_buffered()? {
+                return Ok(packet);
             }
             // Wait without a buffer, then read into the stack: an idle
             // terminal holds no 4 KiB read buffer.
@@ -202,6 +223,19 @@ impl Connection {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e.into()),
             }
+        }
+    }
+
+    /// Whether the broker closed the connection (FIN or reset), seen without
+    /// reading from the socket: the kernel reports it even while unread
+    /// bytes come before it. Never waits.
+    pub async fn peer_closed(&self) -> bool {
+        tokio::select! {
+            biased;
+            ready = self.stream.ready(tokio::io::Interest::READABLE) => {
+                ready.map_or(true, |ready| ready.is_read_closed())
+            }
+            () = std::future::ready(()) => false,
         }
     }
 

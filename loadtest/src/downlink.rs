@@ -9,10 +9,18 @@
 //! (keyed by device id, docs/schemas.md); `announce` produces PaymentEvents
 //! for the announcer, whose commands carry the payment id as command id, so
 //! the same ledger follows a payment through the announcer and Herald.
+//!
+//! With `--stalled` and `--slow`, some terminals stop reading once
+//! subscribed or acknowledge late (impairment.rs); the report then counts
+//! the healthy, stalled and slow terminals' commands apart, since a stalled
+//! terminal's commands can only end as expired or refused receipts.
 
-use crate::accounting::ReceiptOutcome;
+use crate::accounting::{
+    DownlinkAccounting, DownlinkClassAccounting, DownlinkLedger, ReceiptOutcome,
+};
 use crate::cli::{AnnounceArgs, Clients, DownlinkArgs, FirmwareArgs, Target};
 use crate::engine::{self, Run};
+use crate::impairment::{Impairment, Impairments, Stall, Stalls};
 use crate::kafka::{self, ReadBack};
 use crate::lifecycle::Behaviour;
 use crate::report::Report;
@@ -47,6 +55,7 @@ struct Plan<'a> {
     settle: Duration,
     firmware: &'a FirmwareArgs,
     records: Records,
+    impairments: Impairments,
 }
 
 pub async fn downlink(args: &DownlinkArgs) -> anyhow::Result<Report> {
@@ -63,6 +72,7 @@ pub async fn downlink(args: &DownlinkArgs) -> anyhow::Result<Report> {
         settle: Duration::from_secs(args.settle),
         firmware: &args.firmware,
         records: Records::Commands,
+        impairments: args.impaired.impairments(),
     })
     .await
 }
@@ -81,11 +91,18 @@ pub async fn announce(args: &AnnounceArgs) -> anyhow::Result<Report> {
         settle: Duration::from_secs(args.settle),
         firmware: &args.firmware,
         records: Records::Payments,
+        impairments: Impairments::default(),
     })
     .await
 }
 
 async fn run(plan: Plan<'_>) -> anyhow::Result<Report> {
+    anyhow::ensure!(
+        plan.impairments.count() <= plan.clients.count,
+        "--stalled plus --slow ({}) exceeds the terminals (-c {})",
+        plan.impairments.count(),
+        plan.clients.count
+    );
     let run = Run::new(plan.target, plan.clients).await?;
     let receipts = ReadBack::open(plan.kafka, plan.receipts_topic).await?;
     let producer = kafka::producer(plan.kafka)?;
@@ -122,6 +139,7 @@ async fn run(plan: Plan<'_>) -> anyhow::Result<Report> {
         drain: Duration::ZERO,
         leave: Some(leave_signal),
         firmware: plan.firmware.firmware(),
+        impairments: plan.impairments,
     };
     let progress = run.progress(u64::from(plan.clients.count));
     let terminals = {
@@ -183,16 +201,61 @@ async fn run(plan: Plan<'_>) -> anyhow::Result<Report> {
         connect_time,
         Duration::from_secs(plan.duration),
     );
-    let mut accounting = run
-        .downlinks
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .accounting();
+    let mut accounting = by_terminal_kind(
+        &run.downlinks.lock().unwrap_or_else(|e| e.into_inner()),
+        plan.clients.count,
+        plan.impairments,
+    );
+    add_stalls(
+        &mut accounting,
+        &run.stalls.lock().unwrap_or_else(|e| e.into_inner()),
+    );
     accounting.receipts_caught_up = caught_up;
     accounting.downlink_topic = plan.topic.to_string();
     accounting.receipts_topic = plan.receipts_topic.to_string();
     report.downlink = Some(accounting);
     Ok(report)
+}
+
+/// The whole ledger's counts, with those of the healthy terminals and, if
+/// any, of the stalled and the slow ones (command `seq` goes to terminal
+/// `seq % terminals`).
+fn by_terminal_kind(
+    ledger: &DownlinkLedger,
+    terminals: u32,
+    impairments: Impairments,
+) -> DownlinkAccounting {
+    let terminals = terminals.max(1);
+    let kind_of = |seq: u64| impairments.of((seq % u64::from(terminals)) as u32);
+    let class = |wanted: fn(Impairment) -> bool, count: u32| {
+        let mut class: DownlinkClassAccounting = ledger
+            .subset(|seq| wanted(kind_of(seq)))
+            .accounting()
+            .into();
+        class.terminals = count;
+        class
+    };
+    let mut accounting = ledger.accounting();
+    let healthy = terminals.saturating_sub(impairments.count());
+    accounting.healthy = Some(class(|k| k == Impairment::Healthy, healthy));
+    if impairments.stalled > 0 {
+        accounting.stalled = Some(class(|k| k == Impairment::Stalled, impairments.stalled));
+    }
+    if impairments.slow > 0 {
+        accounting.slow = Some(class(
+            |k| matches!(k, Impairment::Slow(_)),
+            impairments.slow,
+        ));
+    }
+    accounting
+}
+
+/// What the stalled terminals saw of the broker.
+fn add_stalls(accounting: &mut DownlinkAccounting, stalls: &[Stall]) {
+    let stalls = Stalls::of(stalls.iter().copied());
+    accounting.stalled_disconnected = stalls.disconnected;
+    accounting.stalled_disconnected_after_ms = stalls.disconnected_after_ms;
+    accounting.stalled_unread = stalls.unread_publishes;
 }
 
 fn record_confirmation(run: &Run, seq: u64, confirmed: bool) {

@@ -5,6 +5,7 @@
 use crate::accounting::{DownlinkLedger, UplinkLedger};
 use crate::cli::{Clients, Target};
 use crate::client::{ConnectOptions, Connection, SourceAddresses};
+use crate::impairment::Stall;
 use crate::lifecycle::{client, Behaviour};
 use crate::message_id::RunTag;
 use crate::schedule::{Latencies, Schedule};
@@ -63,6 +64,8 @@ pub struct Run {
     pub run_tag: RunTag,
     pub uplinks: Mutex<UplinkLedger>,
     pub downlinks: Mutex<DownlinkLedger>,
+    /// What each stalled client saw (impairment.rs).
+    pub stalls: Mutex<Vec<Stall>>,
     /// A fixed pair of clocks, so payload timestamps (Unix µs) and
     /// `Instant`s convert into each other.
     epoch: (Instant, u64),
@@ -113,6 +116,7 @@ impl Run {
             run_tag: RunTag::new(),
             uplinks: Mutex::default(),
             downlinks: Mutex::default(),
+            stalls: Mutex::default(),
             epoch: (Instant::now(), unix_micros()),
             first_error: Mutex::default(),
         }))
@@ -124,7 +128,11 @@ impl Run {
     }
 
     pub fn connect_options(&self, index: u32, clean_session: bool) -> ConnectOptions {
-        let client_id = self.clients.client_id(index);
+        self.connect_options_as(self.clients.client_id(index), clean_session)
+    }
+
+    /// CONNECT settings for any client id (a scenario's extra clients).
+    pub fn connect_options_as(&self, client_id: String, clean_session: bool) -> ConnectOptions {
         let password = match &self.fleet_key {
             Some(key) => Some(
                 key.device_secret(&client_id)
@@ -162,10 +170,20 @@ impl Run {
 
     /// Opens a connection for client `index`: TCP, CONNECT, CONNACK.
     pub async fn open(&self, index: u32, clean_session: bool) -> anyhow::Result<Connection> {
+        self.open_as(&self.clients.client_id(index), clean_session)
+            .await
+    }
+
+    /// Opens a connection for any client id.
+    pub async fn open_as(
+        &self,
+        client_id: &str,
+        clean_session: bool,
+    ) -> anyhow::Result<Connection> {
         let stream = self.sources.connect(self.broker).await?;
         Connection::open(
             stream,
-            &self.connect_options(index, clean_session),
+            &self.connect_options_as(client_id.to_string(), clean_session),
             Duration::from_secs(30),
         )
         .await

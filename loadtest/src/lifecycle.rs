@@ -8,11 +8,16 @@
 //! §4.4). At most `max_inflight` messages wait for their PUBACK; messages
 //! scheduled meanwhile wait their turn (their latency still counts from the
 //! scheduled time).
+//!
+//! Some terminals may be impaired (impairment.rs): a stalled one stops
+//! reading once subscribed and never comes back; a slow one holds each
+//! acknowledgement for a while.
 
 use crate::accounting::UplinkKey;
 use crate::backoff::{Backoff, BackoffPolicy};
 use crate::client::Connection;
 use crate::engine::Run;
+use crate::impairment::{self, DelayedAcks, Impairment, Impairments};
 use crate::outbox::Outbox;
 use crate::schedule::Schedule;
 use bytes::Bytes;
@@ -84,6 +89,8 @@ pub struct Behaviour {
     /// of after `until`.
     pub leave: Option<watch::Receiver<bool>>,
     pub firmware: Firmware,
+    /// Which clients stall or are slow (none by default).
+    pub impairments: Impairments,
 }
 
 /// The part of a terminal that outlives its connections.
@@ -96,6 +103,7 @@ struct Terminal {
     seq: u64,
     outbox: Outbox,
     ever_connected: bool,
+    impairment: Impairment,
 }
 
 struct Publishing {
@@ -133,6 +141,7 @@ impl Terminal {
                 behaviour.firmware.reconnect,
             ),
             ever_connected: false,
+            impairment: behaviour.impairments.of(index),
         }
     }
 
@@ -310,6 +319,13 @@ async fn serve(
             return SessionEnd::Lost(error);
         }
     }
+    if terminal.impairment == Impairment::Stalled {
+        return stall(run, connection, behaviour, leave).await;
+    }
+    let mut delayed = match terminal.impairment {
+        Impairment::Slow(delay) => Some(DelayedAcks::new(delay)),
+        _ => None,
+    };
     let resend: Vec<Packet> = terminal.outbox.retransmissions(terminal.topic()).collect();
     for packet in resend {
         if let Err(error) = connection.send(&packet).await {
@@ -333,6 +349,9 @@ async fn serve(
         if let Some(at) = next_publish {
             wake = wake.min(at);
         }
+        if let Some(due) = delayed.as_ref().and_then(DelayedAcks::next_due) {
+            wake = wake.min(due);
+        }
         if now < behaviour.until {
             wake = wake.min(behaviour.until);
         } else if behaviour.leave.is_none() {
@@ -341,7 +360,7 @@ async fn serve(
         tokio::select! {
             packet = connection.recv() => {
                 let handled = match packet {
-                    Ok(packet) => handle(run, terminal, connection, behaviour, packet, &mut ping_sent_at).await,
+                    Ok(packet) => handle(run, terminal, connection, behaviour, packet, &mut ping_sent_at, &mut delayed).await,
                     Err(error) => Err(error),
                 };
                 if let Err(error) = handled {
@@ -351,6 +370,13 @@ async fn serve(
             _ = leave_signal(leave) => return SessionEnd::Leave,
             _ = tokio::time::sleep_until(wake.into()) => {
                 let now = Instant::now();
+                if let Some(delayed) = &mut delayed {
+                    for ack in delayed.take_due(now) {
+                        if let Err(error) = connection.send(&ack).await {
+                            return SessionEnd::Lost(error);
+                        }
+                    }
+                }
                 if ping_sent_at.is_some_and(|sent| now >= sent + keepalive) {
                     return SessionEnd::Lost(anyhow::anyhow!(
                         "no PINGRESP within the keepalive ({}s)",
@@ -376,6 +402,43 @@ async fn serve(
             }
         }
     }
+}
+
+/// A stalled terminal: once its subscription is in place it stops reading
+/// and waits to leave (or for the broker to close the connection), then
+/// leaves for good: no reconnect.
+async fn stall(
+    run: &Run,
+    connection: &mut Connection,
+    behaviour: &Behaviour,
+    leave: &mut Option<watch::Receiver<bool>>,
+) -> SessionEnd {
+    if let Err(error) = impairment::await_suback(connection, Duration::from_secs(30)).await {
+        run.error("stalled terminal", &error);
+        return SessionEnd::Leave;
+    }
+    let keepalive = Duration::from_secs(u64::from(run.target.keepalive.max(1)));
+    let end = behaviour
+        .leave
+        .is_none()
+        .then_some(behaviour.until + behaviour.drain);
+    let stop = async {
+        tokio::select! {
+            _ = leave_signal(leave) => {}
+            _ = async {
+                match end {
+                    Some(end) => tokio::time::sleep_until(end.into()).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
+    };
+    let stall = impairment::stall(connection, keepalive, stop).await;
+    run.stalls
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(stall);
+    SessionEnd::Leave
 }
 
 /// Creates the next message, puts it in the outbox and sends it. If the
@@ -425,6 +488,7 @@ async fn handle(
     behaviour: &Behaviour,
     packet: Packet,
     ping_sent_at: &mut Option<Instant>,
+    delayed: &mut Option<DelayedAcks>,
 ) -> anyhow::Result<()> {
     match packet {
         Packet::PubAck(ack) => acknowledged(run, terminal, ack.pkid),
@@ -441,18 +505,14 @@ async fn handle(
             } else {
                 run.record_stamp(&publish.payload);
             }
-            match publish.qos {
-                QoS::AtLeastOnce => {
-                    connection
-                        .send(&Packet::PubAck(PubAck::new(publish.pkid)))
-                        .await?
-                }
-                QoS::ExactlyOnce => {
-                    connection
-                        .send(&Packet::PubRec(PubRec::new(publish.pkid)))
-                        .await?
-                }
-                QoS::AtMostOnce => {}
+            let ack = match publish.qos {
+                QoS::AtLeastOnce => Packet::PubAck(PubAck::new(publish.pkid)),
+                QoS::ExactlyOnce => Packet::PubRec(PubRec::new(publish.pkid)),
+                QoS::AtMostOnce => return Ok(()),
+            };
+            match delayed {
+                Some(delayed) => delayed.hold(Instant::now(), ack),
+                None => connection.send(&ack).await?,
             }
         }
         Packet::PubRel(rel) => {
@@ -520,32 +580,12 @@ fn record_command(run: &Run, payload: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::{Clients, Target};
-    use bytes::BytesMut;
-    use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Publish};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
+    use crate::test_broker::Peer;
+    use rumqttc::mqttbytes::v4::Publish;
+    use tokio::net::TcpListener;
 
     async fn fleet_of_one(port: u16) -> Arc<Run> {
-        let target = Target {
-            host: "127.0.0.1".into(),
-            port,
-            ifaddr: vec![],
-            username: None,
-            password: None,
-            fleet_key: None,
-            keepalive: 60,
-            report: None,
-            json: false,
-        };
-        let clients = Clients {
-            count: 1,
-            interval_ms: 10,
-            connrate: None,
-            client_id: "box-%i".into(),
-            start_number: 0,
-        };
-        Run::new(&target, &clients).await.unwrap()
+        crate::test_broker::run_against(port, 1, "box-%i").await
     }
 
     fn scans(until: Instant, firmware: Firmware) -> Arc<Behaviour> {
@@ -558,66 +598,8 @@ mod tests {
             drain: Duration::from_secs(5),
             leave: None,
             firmware,
+            impairments: Impairments::default(),
         })
-    }
-
-    /// The broker side of a test: one accepted connection.
-    struct Peer {
-        stream: TcpStream,
-        buf: BytesMut,
-    }
-
-    impl Peer {
-        async fn accept(listener: &TcpListener) -> Peer {
-            let (stream, _) = listener.accept().await.unwrap();
-            Peer {
-                stream,
-                buf: BytesMut::new(),
-            }
-        }
-
-        async fn read(&mut self) -> Packet {
-            loop {
-                match Packet::read(&mut self.buf, 1 << 20) {
-                    Ok(packet) => return packet,
-                    Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
-                    Err(e) => panic!("{e}"),
-                }
-                let mut chunk = [0u8; 4096];
-                let n = self.stream.read(&mut chunk).await.unwrap();
-                assert!(n > 0, "client closed");
-                self.buf.extend_from_slice(&chunk[..n]);
-            }
-        }
-
-        async fn write(&mut self, packet: Packet) {
-            let mut out = BytesMut::new();
-            packet.write(&mut out, usize::MAX).unwrap();
-            self.stream.write_all(&out).await.unwrap();
-        }
-
-        /// Reads CONNECT, answers CONNACK; returns the CONNECT's clean session flag.
-        async fn handshake(&mut self) -> bool {
-            let Packet::Connect(connect) = self.read().await else {
-                panic!("expected CONNECT")
-            };
-            self.write(Packet::ConnAck(ConnAck::new(
-                ConnectReturnCode::Success,
-                false,
-            )))
-            .await;
-            connect.clean_session
-        }
-
-        async fn publish(&mut self) -> Publish {
-            loop {
-                match self.read().await {
-                    Packet::Publish(publish) => return publish,
-                    Packet::PingReq => self.write(Packet::PingResp).await,
-                    other => panic!("unexpected {other:?}"),
-                }
-            }
-        }
     }
 
     #[tokio::test]
@@ -689,6 +671,113 @@ mod tests {
             accounting.sent,
             "a retransmission is not a new message"
         );
+    }
+
+    fn downlink_terminal(impairments: Impairments, leave: watch::Receiver<bool>) -> Arc<Behaviour> {
+        Arc::new(Behaviour {
+            subscribe: Some(("devices/%c/down/#".into(), QoS::AtLeastOnce)),
+            publish: None,
+            downlink_commands: true,
+            scan_results: false,
+            until: Instant::now(),
+            drain: Duration::ZERO,
+            leave: Some(leave),
+            firmware: Firmware::reliable(),
+            impairments,
+        })
+    }
+
+    fn command(pkid: u16) -> Packet {
+        let mut publish = Publish::new("devices/box-0/down/announce", QoS::AtLeastOnce, vec![1]);
+        publish.pkid = pkid;
+        Packet::Publish(publish)
+    }
+
+    #[tokio::test]
+    async fn a_slow_terminal_holds_each_acknowledgement() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let run = fleet_of_one(listener.local_addr().unwrap().port()).await;
+        let (leave, leave_signal) = watch::channel(false);
+        let impairments = Impairments {
+            stalled: 0,
+            slow: 1,
+            slow_ack: Duration::from_millis(300),
+        };
+        let now = Instant::now();
+        let terminal = tokio::spawn(client(
+            run.clone(),
+            0,
+            now,
+            now,
+            downlink_terminal(impairments, leave_signal),
+        ));
+        let mut broker = Peer::accept(&listener).await;
+        broker.handshake().await;
+        assert!(matches!(broker.read().await, Packet::Subscribe(_)));
+        let sent = Instant::now();
+        broker.write(command(7)).await;
+        broker.write(command(8)).await;
+        for pkid in [7, 8] {
+            match broker.read().await {
+                Packet::PubAck(ack) => assert_eq!(ack.pkid, pkid),
+                other => panic!("{other:?}"),
+            }
+        }
+        let held = sent.elapsed();
+        assert!(held >= Duration::from_millis(300), "{held:?}");
+        assert!(held < Duration::from_secs(2), "{held:?}");
+        leave.send(true).unwrap();
+        terminal.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_stalled_terminal_stops_reading_and_does_not_come_back() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let run = fleet_of_one(listener.local_addr().unwrap().port()).await;
+        let (_leave, leave_signal) = watch::channel(false);
+        let impairments = Impairments {
+            stalled: 1,
+            slow: 0,
+            slow_ack: Duration::ZERO,
+        };
+        let now = Instant::now();
+        let terminal = tokio::spawn(client(
+            run.clone(),
+            0,
+            now,
+            now,
+            downlink_terminal(impairments, leave_signal),
+        ));
+        let mut broker = Peer::accept(&listener).await;
+        broker.handshake().await;
+        let Packet::Subscribe(subscribe) = broker.read().await else {
+            panic!("expected SUBSCRIBE")
+        };
+        broker
+            .write(Packet::SubAck(rumqttc::mqttbytes::v4::SubAck::new(
+                subscribe.pkid,
+                vec![rumqttc::mqttbytes::v4::SubscribeReasonCode::Success(
+                    QoS::AtLeastOnce,
+                )],
+            )))
+            .await;
+        broker.write(command(1)).await;
+        broker.write(command(2)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(broker); // a slow-subscriber disconnect
+        tokio::time::timeout(Duration::from_secs(5), terminal)
+            .await
+            .expect("the stalled terminal leaves once the broker closed it")
+            .unwrap();
+        let stalls = run.stalls.lock().unwrap().clone();
+        assert_eq!(stalls.len(), 1);
+        assert!(stalls[0].closed_after.is_some(), "{stalls:?}");
+        assert_eq!(stalls[0].unread_publishes, 2);
+        assert_eq!(run.counters.received.load(Ordering::Relaxed), 0);
+        assert_eq!(run.counters.reconnects.load(Ordering::Relaxed), 0);
+        let no_reconnect =
+            tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
+        assert!(no_reconnect.is_err(), "no reconnect");
     }
 
     #[tokio::test]

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Exit code of a run that measured loss (acknowledged uplinks missing from
-/// Kafka, downlink commands lost); errors of the tool itself exit with 1.
+/// Kafka, downlink commands lost, acknowledged fan-in messages the
+/// subscriber never got); errors of the tool itself exit with 1.
 const EXIT_LOSS: i32 = 2;
 
 fn qos(level: u8) -> QoS {
@@ -63,6 +64,9 @@ async fn main() -> anyhow::Result<()> {
             herald_loadtest::downlink::downlink(&args).await?,
             &args.target,
         ),
+        Command::Fanin(args) => {
+            gate_on_loss(herald_loadtest::fanin::run(&args).await?, &args.target)
+        }
         Command::Storm(args) => storm(args).await,
         Command::Plot(args) => {
             let mut reports = Vec::new();
@@ -112,6 +116,7 @@ fn lean(
         drain: Duration::ZERO,
         leave: None,
         firmware: Firmware::lean(),
+        impairments: Default::default(),
     }
 }
 

@@ -3,9 +3,10 @@
 //! `--json`; the verdict on loss that sets the exit code; and the SVG plot
 //! of latency distributions drawn from JSON reports.
 
-use crate::accounting::{DownlinkAccounting, UplinkAccounting};
+use crate::accounting::{DownlinkAccounting, DownlinkClassAccounting, UplinkAccounting};
 use crate::cli::Target;
 use crate::engine::{Counters, Run};
+use crate::fanin_ledger::FaninAccounting;
 use crate::schedule::{Latencies, Percentiles};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -61,6 +62,9 @@ pub struct Report {
     /// Downlink loss accounting (downlink and announce scenarios).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downlink: Option<DownlinkAccounting>,
+    /// MQTT fan-in loss accounting (fanin scenario).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fanin: Option<FaninAccounting>,
 }
 
 impl Report {
@@ -102,6 +106,7 @@ impl Report {
             sessions_resumed: Counters::get(&c.sessions_resumed),
             uplink: None,
             downlink: None,
+            fanin: None,
         };
         for (name, latencies) in [
             ("connect", &run.connect_latency),
@@ -199,6 +204,64 @@ impl Report {
                 if d.receipts_caught_up { "" } else { " (receipts read-back incomplete)" },
             );
         }
+        if let Some(d) = &self.downlink {
+            for (name, class) in [
+                ("healthy", &d.healthy),
+                ("stalled", &d.stalled),
+                ("slow", &d.slow),
+            ] {
+                if let Some(class) = class
+                    .as_ref()
+                    .filter(|_| d.stalled.is_some() || d.slow.is_some())
+                {
+                    let _ = writeln!(out, "  {}", class_summary(name, class));
+                }
+            }
+            if d.stalled.is_some() {
+                let _ = writeln!(
+                    out,
+                    "  stalled terminals disconnected by the broker: {} (after {} ms); {} commands left unread in their sockets",
+                    d.stalled_disconnected,
+                    list(&d.stalled_disconnected_after_ms),
+                    d.stalled_unread
+                );
+            }
+        }
+        if let Some(f) = &self.fanin {
+            let _ = writeln!(
+                out,
+                "fanin: sent {}, acked {}, received {}, acked_but_lost {}, duplicates {}, not_received {}, never_acked {} ({} of them received); {}",
+                f.sent,
+                f.acked,
+                f.received,
+                f.acked_but_lost,
+                f.duplicates,
+                f.not_received,
+                f.never_acked,
+                f.never_acked_received,
+                if f.complete { "all received" } else { "settle time ran out" },
+            );
+            let _ = writeln!(
+                out,
+                "fanin: per second while publishing: {:.0} sent, {:.0} acked, {:.0} received; {} publishers and {} subscriber connections closed by the broker",
+                f.publish_rate, f.ack_rate, f.receive_rate, f.publisher_disconnects, f.subscriber_disconnects,
+            );
+            if f.stalled + f.slow > 0 {
+                let _ = writeln!(
+                    out,
+                    "fanin: {} stalled subscribers, {} disconnected by the broker (after {} ms), {} PUBLISHes left unread; {} slow ({} ms) received {} ({} duplicates, {} disconnects)",
+                    f.stalled,
+                    f.stalled_disconnected,
+                    list(&f.stalled_disconnected_after_ms),
+                    f.stalled_unread,
+                    f.slow,
+                    f.slow_ack_ms,
+                    f.slow_received,
+                    f.slow_duplicates,
+                    f.slow_disconnects,
+                );
+            }
+        }
         for (name, p) in &self.latency_us {
             let ms = |us: u64| us as f64 / 1000.0;
             let _ = writeln!(
@@ -239,8 +302,43 @@ impl Report {
                 d.lost, d.downlink_topic
             ));
         }
+        if let Some(f) = self.fanin.as_ref().filter(|f| f.acked_but_lost > 0) {
+            losses.push(format!(
+                "{} acknowledged messages never reached the subscriber (acked_but_lost)",
+                f.acked_but_lost
+            ));
+        }
         losses
     }
+}
+
+fn class_summary(name: &str, c: &DownlinkClassAccounting) -> String {
+    let by_outcome: Vec<String> = c
+        .receipted_by_outcome
+        .iter()
+        .map(|(outcome, n)| format!("{outcome} {n}"))
+        .collect();
+    format!(
+        "{name} ({} terminals): produced {}, delivered {}, receipted {} ({}), lost {}, duplicated {}",
+        c.terminals,
+        c.produced,
+        c.delivered,
+        c.receipted,
+        by_outcome.join(", "),
+        c.lost,
+        c.duplicated
+    )
+}
+
+fn list(values: &[u64]) -> String {
+    if values.is_empty() {
+        return "-".into();
+    }
+    values
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Draws every latency series of `reports` as percentile curves (x: the

@@ -71,6 +71,7 @@ pub async fn run(args: &UplinkArgs) -> anyhow::Result<Report> {
         drain: Duration::from_secs(args.drain),
         leave: None,
         firmware: args.firmware.firmware(),
+        impairments: Default::default(),
     };
     let progress = run.progress(u64::from(args.clients.count));
     engine::run_clients(&run, behaviour, start, publish_start).await;
