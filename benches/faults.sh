@@ -17,6 +17,7 @@
 #                     (SIGKILL) and reconnect at once
 #   slow-device       downlinks to terminals that stop reading, and to slow ones
 #   fanin-overload    plain MQTT fan-in at full speed: 100 QoS 1 publishers, 1 subscriber
+#                     (then the same against Mosquitto, for reference: not gated on)
 #
 # It starts its own Kafka (port 19392, target/faults/kafka) so that killing it
 # touches nothing else, and its own Herald (127.0.0.1:21885, HTTP :29095).
@@ -34,7 +35,7 @@ SCENARIOS=()
 for arg in "$@"; do
   case $arg in
     --short) SHORT=1 ;;
-    -h | --help) sed -n '2,31p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
     *) SCENARIOS+=("$arg") ;;
   esac
 done
@@ -80,7 +81,9 @@ write_config() { # MODE (device|open)
 [broker]
 listen = "127.0.0.1:$PORT"
 drain_period = "$DRAIN"
-# A stalled subscriber gives way within the scenario's time.
+# Small queues and a short stall timeout, so that the slow-device scenario fills a
+# stalled terminal's queue (refusals) and disconnects it within its seconds.
+max_queued_messages = 100
 slow_subscriber_timeout = "$(pick 10s 3s)"
 [broker.auth]
 mode = "$1"
@@ -243,7 +246,15 @@ scenario_storm() {
 }
 
 scenario_slow-device() {
-  downlink_load slow-device --stalled "$(pick 5 2)" --slow "$(pick 5 2)" --slow-ack-ms 200
+  # 20 commands/s per terminal: a stalled terminal's 32 in flight and 100 queued
+  # fill within seconds. Its commands end as refused or expired receipts
+  # (--ttl below --settle), never as lost ones.
+  local terminals=$(pick 20 10)
+  "$LOADTEST" downlink "${common_args[@]}" -c "$terminals" -R 500 -r "$((terminals * 20))" \
+    -d "$RUN" --ttl "$(pick 10 5)" --stalled 2 --slow 2 --slow-ack-ms 200 \
+    --client-id "fault-slow-device-%i" --report "$OUT/slow-device.json" \
+    >"$OUT/slow-device.txt" 2>"$OUT/slow-device.err" &
+  LOAD_PIDS+=($!)
   wait_load
 }
 
@@ -257,6 +268,17 @@ scenario_fanin-overload() {
   stop_herald TERM
   write_config device
   start_herald
+  # The same load against Mosquitto, for reference (reported, not gated on).
+  if command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]]; then
+    "$(command -v mosquitto || echo /usr/sbin/mosquitto)" -p "$((PORT + 1))" >"$OUT/mosquitto.log" 2>&1 &
+    local mosquitto=$!
+    sleep 0.5
+    "$LOADTEST" fanin -p "$((PORT + 1))" -c 100 -d "$(pick 20 8)" --settle 10 \
+      --client-id "fault-fanin-%i" --report "$OUT/fanin-overload-mosquitto.json" \
+      >"$OUT/fanin-overload-mosquitto.txt" 2>"$OUT/fanin-overload-mosquitto.err" || true
+    kill "$mosquitto" 2>/dev/null || true
+    wait "$mosquitto" 2>/dev/null || true
+  fi
 }
 
 log "Kafka on $KAFKA ($KAFKA_DIR)"
