@@ -81,6 +81,9 @@ write_config() { # MODE (device|open)
 [broker]
 listen = "127.0.0.1:$PORT"
 drain_period = "$DRAIN"
+# The sigterm scenario's 2 x TERMINALS connections spread over the whole drain_period
+# (at the default 1000/s, 400 connections would drain in 0.4 s: too fast to plot).
+drain_rate = $((2 * TERMINALS / ${DRAIN%s}))
 # Small queues and a short stall timeout, so that the slow-device scenario fills a
 # stalled terminal's queue (refusals) and disconnects it within its seconds.
 max_queued_messages = 100

@@ -41,14 +41,12 @@ enum Event {
     Shutdown,
     /// The node drains: this connection picks its moment to close.
     Drain,
-    /// Its moment came: finish the uplinks in flight, then close.
-    CloseForDrain,
-    SlowSubscriberCheck,
+    /// The keepalive, slow-subscriber or drain deadline is due.
+    Timer,
     Wake,
     Io(std::io::Result<IoEvent>),
     UplinkDone((u16, QoS, Settled)),
     Permit(OwnedSemaphorePermit),
-    KeepaliveCheck,
 }
 
 /// Serves one accepted connection until it closes.
@@ -189,28 +187,25 @@ impl Connection {
                 < usize::from(self.shared.config.max_inflight_uplinks)
                 && !self.waiting_for_permit
                 && !closing;
-            let keepalive_on = !self.keepalive.is_zero();
-            let deadline = tokio::time::Instant::from_std(self.last_activity + self.keepalive);
-            let slow_deadline = self
-                .congested_since
-                .map(|since| since + self.shared.config.slow_subscriber_timeout);
-            let close_at = match self.drain {
-                DrainStage::ClosesAt(at) => Some(at),
-                _ => None,
+            // One timer and one cancellation future per loop: every select
+            // branch lives in the task of every idle connection, so each one
+            // adds to the memory per session.
+            let next_timer = self.next_deadline();
+            let serving = self.drain == DrainStage::Serving;
+            // `drain` is a child of `shutdown`: it also fires on a plain shutdown.
+            let cancelled = if serving {
+                &self.shared.drain
+            } else {
+                &self.shared.shutdown
             };
             let event = tokio::select! {
                 biased;
-                // One token per loop: `drain` is a child of `shutdown`, so
-                // it also fires on a plain shutdown.
-                _ = self.shared.drain.cancelled(), if self.drain == DrainStage::Serving => Event::Drain,
-                _ = self.shared.shutdown.cancelled(), if self.drain != DrainStage::Serving => Event::Shutdown,
-                _ = sleep_until_opt(close_at), if close_at.is_some() => Event::CloseForDrain,
+                _ = cancelled.cancelled() => if serving { Event::Drain } else { Event::Shutdown },
                 _ = self.wake.notified() => Event::Wake,
-                _ = sleep_until_opt(slow_deadline), if slow_deadline.is_some() => Event::SlowSubscriberCheck,
                 result = poll_fn(|cx| io.poll_io(cx, can_read)) => Event::Io(result),
                 Some(done) = self.pending.next(), if !self.pending.is_empty() => Event::UplinkDone(done),
                 Ok(permit) = self.shared.uplink_permits.clone().acquire_owned(), if self.waiting_for_permit => Event::Permit(permit),
-                _ = tokio::time::sleep_until(deadline), if keepalive_on => Event::KeepaliveCheck,
+                _ = sleep_until_opt(next_timer), if next_timer.is_some() => Event::Timer,
             };
             let outcome = match event {
                 Event::Shutdown => Err(CloseReason::ServerShutdown),
@@ -222,22 +217,7 @@ impl Connection {
                     self.drain = DrainStage::ClosesAt(Instant::now() + delay);
                     Ok(())
                 }
-                Event::CloseForDrain => {
-                    self.drain = DrainStage::Closing;
-                    Ok(())
-                }
-                Event::SlowSubscriberCheck => match self.congested_since {
-                    Some(since)
-                        if since.elapsed() >= self.shared.config.slow_subscriber_timeout =>
-                    {
-                        info!(
-                            client_id = self.client_id(),
-                            "subscriber made no progress with a full queue; disconnecting"
-                        );
-                        Err(CloseReason::SlowSubscriber)
-                    }
-                    _ => Ok(()),
-                },
+                Event::Timer => self.on_timer(can_read),
                 Event::Wake => self.on_wake(&mut io.wbuf),
                 Event::Io(Ok(IoEvent::Read)) => {
                     self.last_activity = Instant::now();
@@ -260,23 +240,55 @@ impl Connection {
                     self.waiting_for_permit = false;
                     self.process_input(io)
                 }
-                Event::KeepaliveCheck => {
-                    if !can_read {
-                        // Herald stopped reading (backpressure): the client's
-                        // PINGREQs may be waiting unread in the socket.
-                        self.last_activity = Instant::now();
-                        Ok(())
-                    } else if self.last_activity.elapsed() >= self.keepalive {
-                        Err(CloseReason::KeepaliveTimeout)
-                    } else {
-                        Ok(())
-                    }
-                }
             };
             if let Err(reason) = outcome {
                 return reason;
             }
         }
+    }
+
+    /// The earliest of the deadlines this connection keeps: keepalive, the
+    /// slow-subscriber timeout while its queue is full, its drain moment.
+    fn next_deadline(&self) -> Option<Instant> {
+        let keepalive = (!self.keepalive.is_zero()).then(|| self.last_activity + self.keepalive);
+        let slow = self
+            .congested_since
+            .map(|since| since + self.shared.config.slow_subscriber_timeout);
+        let close = match self.drain {
+            DrainStage::ClosesAt(at) => Some(at),
+            _ => None,
+        };
+        [keepalive, slow, close].into_iter().flatten().min()
+    }
+
+    /// Acts on whichever deadlines have passed.
+    fn on_timer(&mut self, reading: bool) -> Result<(), CloseReason> {
+        let now = Instant::now();
+        if matches!(self.drain, DrainStage::ClosesAt(at) if now >= at) {
+            // Its moment in the drain: finish the uplinks in flight, then close.
+            self.drain = DrainStage::Closing;
+        }
+        let timeout = self.shared.config.slow_subscriber_timeout;
+        if self
+            .congested_since
+            .is_some_and(|since| now >= since + timeout)
+        {
+            info!(
+                client_id = self.client_id(),
+                "subscriber made no progress with a full queue; disconnecting"
+            );
+            return Err(CloseReason::SlowSubscriber);
+        }
+        if !self.keepalive.is_zero() && now >= self.last_activity + self.keepalive {
+            if !reading {
+                // Herald stopped reading (backpressure): the client's
+                // PINGREQs may be waiting unread in the socket.
+                self.last_activity = now;
+            } else {
+                return Err(CloseReason::KeepaliveTimeout);
+            }
+        }
+        Ok(())
     }
 
     fn on_wake(&mut self, out: &mut BytesMut) -> Result<(), CloseReason> {
