@@ -298,11 +298,23 @@ pub struct AnnounceArgs {
     /// Topic the announcer consumes.
     #[arg(long, default_value = "herald.payments")]
     pub payments_topic: String,
+    #[command(flatten)]
+    pub receipts: ReceiptArgs,
+    #[command(flatten)]
+    pub firmware: FirmwareArgs,
+}
+
+/// How commands (or payments) expire and how long their receipts are
+/// waited for: shared by `downlink` and `announce`.
+#[derive(Args, Debug, Clone)]
+pub struct ReceiptArgs {
     /// Topic Herald writes delivery receipts to.
     #[arg(long, default_value = "herald.receipts")]
     pub receipts_topic: String,
-    /// Seconds a payment may wait to be announced (its expiry; 0: the
-    /// announcer's and Herald's defaults).
+    /// Seconds a command or payment may wait for its terminal (its expiry;
+    /// 0: Herald's and the announcer's defaults). With --stalled, commands
+    /// to the stalled terminals end only by expiring (or being refused):
+    /// keep it below --settle so that their receipts come within the run.
     #[arg(long, default_value_t = 60)]
     pub ttl: u64,
     /// After producing, how long to wait without any new delivery or
@@ -312,8 +324,6 @@ pub struct AnnounceArgs {
     /// consumes commands again.
     #[arg(long, default_value_t = 60)]
     pub settle: u64,
-    #[command(flatten)]
-    pub firmware: FirmwareArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -334,22 +344,8 @@ pub struct DownlinkArgs {
     /// Topic Herald consumes DownlinkCommands from.
     #[arg(long, default_value = "herald.downlink")]
     pub downlink_topic: String,
-    /// Topic Herald writes delivery receipts to.
-    #[arg(long, default_value = "herald.receipts")]
-    pub receipts_topic: String,
-    /// Seconds a command may wait for its terminal (its expires_at_ms; 0:
-    /// Herald's default TTL). With --stalled, commands to the stalled
-    /// terminals end only by expiring (or being refused): keep it below
-    /// --settle so that their receipts come within the run.
-    #[arg(long, default_value_t = 60)]
-    pub ttl: u64,
-    /// After producing, how long to wait without any new delivery or
-    /// receipt before counting what is missing as lost (seconds). Waited
-    /// only while something is missing; the default outlasts the consumer
-    /// group session timeout (45 s) a restarted Herald waits out before it
-    /// consumes commands again.
-    #[arg(long, default_value_t = 60)]
-    pub settle: u64,
+    #[command(flatten)]
+    pub receipts: ReceiptArgs,
     #[command(flatten)]
     pub firmware: FirmwareArgs,
     /// Terminals among -c that stall or are slow: the first --stalled
@@ -546,7 +542,7 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            (args.impaired.stalled, args.impaired.slow, args.ttl),
+            (args.impaired.stalled, args.impaired.slow, args.receipts.ttl),
             (5, 5, 10)
         );
         assert_eq!(args.impaired.slow_ack_ms, 200);
