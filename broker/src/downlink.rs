@@ -10,6 +10,7 @@
 //! subscribes again) or it expires.
 
 use crate::codec::QoS;
+use crate::config::QueueFullPolicy;
 use crate::session::{Message, Queued};
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -138,13 +139,30 @@ pub(crate) struct Mailbox {
 }
 
 impl Mailbox {
-    pub(crate) fn push(&self, device_id: &str, topic: &str, queued: Queued, max: usize) {
+    pub(crate) fn push(
+        &self,
+        device_id: &str,
+        topic: &str,
+        queued: Queued,
+        max: usize,
+        policy: QueueFullPolicy,
+    ) {
         let mut entry = self.waiting.entry(Arc::from(device_id)).or_default();
         if entry.len() >= max {
-            let (_, oldest) = entry.remove(0);
-            if let Some(tag) = &oldest.downlink {
+            // Refused with a receipt either way: the new command (it waits in
+            // order behind the others) or, by choice, the oldest.
+            let refused = match policy {
+                QueueFullPolicy::Backpressure => queued,
+                QueueFullPolicy::DropOldest => {
+                    let (_, oldest) = entry.remove(0);
+                    entry.push((topic.into(), queued));
+                    oldest
+                }
+            };
+            if let Some(tag) = &refused.downlink {
                 tag.settle(DeliveryOutcome::Refused(DownlinkRefusal::QueueFull));
             }
+            return;
         }
         entry.push((topic.into(), queued));
     }
@@ -226,29 +244,41 @@ mod tests {
 
     #[tokio::test]
     async fn mailbox_keeps_order_and_bounds() {
-        let mailbox = Mailbox::default();
-        let mut tickets = Vec::new();
-        for i in 0..3 {
-            let (tag, ticket) = DownlinkTag::new(None);
-            tickets.push(ticket);
-            let (topic, q) = queued(
-                Downlink {
-                    device_id: "d".into(),
-                    topic: format!("devices/d/down/{i}"),
-                    payload: Bytes::new(),
-                    expires_at: None,
-                },
-                tag,
+        for policy in [QueueFullPolicy::Backpressure, QueueFullPolicy::DropOldest] {
+            let mailbox = Mailbox::default();
+            let mut tickets = Vec::new();
+            for i in 0..3 {
+                let (tag, ticket) = DownlinkTag::new(None);
+                tickets.push(ticket);
+                let (topic, q) = queued(
+                    Downlink {
+                        device_id: "d".into(),
+                        topic: format!("devices/d/down/{i}"),
+                        payload: Bytes::new(),
+                        expires_at: None,
+                    },
+                    tag,
+                );
+                mailbox.push("d", &topic, q, 2, policy);
+            }
+            // Backpressure refuses the newcomer; drop_oldest the oldest.
+            let (refused, kept) = match policy {
+                QueueFullPolicy::Backpressure => (2, [0, 1]),
+                QueueFullPolicy::DropOldest => (0, [1, 2]),
+            };
+            assert_eq!(
+                tickets.remove(refused).await,
+                Some(DeliveryOutcome::Refused(DownlinkRefusal::QueueFull))
             );
-            mailbox.push("d", &topic, q, 2);
+            let taken = mailbox.take_matching("d", |t| t.starts_with("devices/d/down/"));
+            let topics: Vec<String> = taken
+                .iter()
+                .map(|q| String::from_utf8_lossy(&q.message.topic).into_owned())
+                .collect();
+            let expected: Vec<String> =
+                kept.iter().map(|i| format!("devices/d/down/{i}")).collect();
+            assert_eq!(topics, expected, "{policy:?}");
+            assert!(mailbox.take_matching("d", |_| true).is_empty());
         }
-        assert_eq!(
-            tickets.remove(0).await,
-            Some(DeliveryOutcome::Refused(DownlinkRefusal::QueueFull))
-        );
-        let taken = mailbox.take_matching("d", |t| t.starts_with("devices/d/down/"));
-        let topics: Vec<&[u8]> = taken.iter().map(|q| &q.message.topic[..]).collect();
-        assert_eq!(topics, [&b"devices/d/down/1"[..], &b"devices/d/down/2"[..]]);
-        assert!(mailbox.take_matching("d", |_| true).is_empty());
     }
 }

@@ -142,6 +142,7 @@ impl BrokerHandle {
             &topic,
             queued,
             shared.config.max_queued_messages,
+            shared.config.queue_full_policy,
         );
         if let Some(session) = shared.registry.session(&device_id) {
             shared.flush_mailbox(&session);
