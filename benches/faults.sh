@@ -161,20 +161,16 @@ sample_connections() { # FILE
 
 common_args=(-p "$PORT" --fleet-key "$FLEET_KEY" --kafka "$KAFKA" --settle "$SETTLE")
 
-uplink_load() { # NAME [extra args...]
-  local name=$1
-  shift
-  "$LOADTEST" uplink "${common_args[@]}" -c "$TERMINALS" -R 500 -r "$UPLINK_RATE" -d "$RUN" \
-    --client-id "fault-$name-%i" --report "$OUT/$name.json" "$@" >"$OUT/$name.txt" 2>"$OUT/$name.err" &
+# Starts herald-loadtest SUBCOMMAND in the background, its report named NAME.
+load() { # SUBCOMMAND NAME [args...]
+  local command=$1 name=$2
+  shift 2
+  "$LOADTEST" "$command" "${common_args[@]}" --client-id "fault-$name-%i" \
+    --report "$OUT/$name.json" "$@" >"$OUT/$name.txt" 2>"$OUT/$name.err" &
   LOAD_PIDS+=($!)
 }
-downlink_load() { # NAME [extra args...]
-  local name=$1
-  shift
-  "$LOADTEST" downlink "${common_args[@]}" -c "$TERMINALS" -R 500 -r "$DOWNLINK_RATE" -d "$RUN" \
-    --client-id "fault-$name-%i" --report "$OUT/$name.json" "$@" >"$OUT/$name.txt" 2>"$OUT/$name.err" &
-  LOAD_PIDS+=($!)
-}
+uplink_load() { load uplink "$1" -c "$TERMINALS" -R 500 -r "$UPLINK_RATE" -d "$RUN"; }
+downlink_load() { load downlink "$1" -c "$TERMINALS" -R 500 -r "$DOWNLINK_RATE" -d "$RUN"; }
 wait_load() {
   local pid
   for pid in "${LOAD_PIDS[@]}"; do wait "$pid" || true; done
@@ -237,11 +233,9 @@ scenario_sigterm() {
 
 scenario_storm() {
   # Connected within STORM/2000 s, then the node dies under them.
-  "$LOADTEST" uplink "${common_args[@]}" -c "$STORM" -R 2000 -r "$(pick 1000 100)" \
-    -d "$((RUN + STORM / 2000))" --client-id "fault-storm-%i" --report "$OUT/storm.json" \
-    >"$OUT/storm.txt" 2>"$OUT/storm.err" &
-  LOAD_PIDS+=($!)
-  at "$((FAULT_AT + STORM / 2000))"
+  local connecting=$((STORM / 2000))
+  load uplink storm -c "$STORM" -R 2000 -r "$(pick 1000 100)" -d "$((RUN + connecting))"
+  at "$((FAULT_AT + connecting))"
   log "Herald killed under $STORM terminals, restarting"
   stop_herald KILL
   start_herald
@@ -253,11 +247,8 @@ scenario_slow-device() {
   # fill within seconds. Its commands end as refused or expired receipts
   # (--ttl below --settle), never as lost ones.
   local terminals=$(pick 20 10)
-  "$LOADTEST" downlink "${common_args[@]}" -c "$terminals" -R 500 -r "$((terminals * 20))" \
-    -d "$RUN" --ttl "$(pick 10 5)" --stalled 2 --slow 2 --slow-ack-ms 200 \
-    --client-id "fault-slow-device-%i" --report "$OUT/slow-device.json" \
-    >"$OUT/slow-device.txt" 2>"$OUT/slow-device.err" &
-  LOAD_PIDS+=($!)
+  load downlink slow-device -c "$terminals" -R 500 -r "$((terminals * 20))" -d "$RUN" \
+    --ttl "$(pick 10 5)" --stalled 2 --slow 2 --slow-ack-ms 200
   wait_load
 }
 
