@@ -175,33 +175,43 @@ impl UplinkRule {
 /// covers device ids far beyond Herald's 64-byte limit.
 pub const RECORD_MARGIN: u32 = 64 * 1024;
 
-/// librdkafka properties that Herald owns, with the setting to use instead.
+/// librdkafka properties that Herald owns, with the setting to use instead
+/// (checked by `herald_kafka::options::check_reserved`).
 pub(crate) const RESERVED_PRODUCER_OPTIONS: &[(&str, &str)] = &[
-    ("bootstrap.servers", "kafka.bootstrap_servers"),
-    ("client.id", "kafka.client_id"),
-    ("message.timeout.ms", "kafka.delivery_timeout"),
-    ("delivery.timeout.ms", "kafka.delivery_timeout"),
     (
-        "enable.idempotence",
-        "nothing: Herald always produces idempotently",
+        "bootstrap.servers",
+        "Herald sets this itself; use kafka.bootstrap_servers",
     ),
-    ("acks", "nothing: Herald always uses acks=all"),
+    ("client.id", "Herald sets this itself; use kafka.client_id"),
     (
-        "request.required.acks",
-        "nothing: Herald always uses acks=all",
+        "message.timeout.ms",
+        "Herald sets this itself; use kafka.delivery_timeout",
     ),
+    (
+        "delivery.timeout.ms",
+        "Herald sets this itself; use kafka.delivery_timeout",
+    ),
+    ("enable.idempotence", "Herald always produces idempotently"),
+    ("acks", "Herald always uses acks=all"),
+    ("request.required.acks", "Herald always uses acks=all"),
 ];
 
 /// librdkafka consumer properties that Herald owns for the downlink consumer.
 pub(crate) const RESERVED_CONSUMER_OPTIONS: &[(&str, &str)] = &[
-    ("bootstrap.servers", "kafka.bootstrap_servers"),
-    ("group.id", "kafka.downlink.group_id"),
+    (
+        "bootstrap.servers",
+        "Herald sets this itself; use kafka.bootstrap_servers",
+    ),
+    (
+        "group.id",
+        "Herald sets this itself; use kafka.downlink.group_id",
+    ),
     (
         "enable.auto.offset.store",
-        "nothing: Herald stores an offset only once the command is settled",
+        "Herald stores an offset only once the command is settled",
     ),
     (
         "enable.auto.commit",
-        "nothing: Herald commits stored offsets every second",
+        "Herald commits stored offsets every second",
     ),
 ];

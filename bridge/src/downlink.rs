@@ -101,14 +101,11 @@ pub struct DownlinkBridge {
 }
 
 fn consumer_config(config: &KafkaConfig) -> Result<ClientConfig, BridgeError> {
-    for (key, instead) in RESERVED_CONSUMER_OPTIONS {
-        if config.consumer_options.contains_key(*key) {
-            return Err(BridgeError::Config {
-                key: format!("kafka.consumer_options.\"{key}\""),
-                reason: format!("Herald sets this itself; use {instead}"),
-            });
-        }
-    }
+    herald_kafka::options::check_reserved(
+        "kafka.consumer_options",
+        &config.consumer_options,
+        RESERVED_CONSUMER_OPTIONS,
+    )?;
     let mut client = ClientConfig::new();
     client
         .set("bootstrap.servers", &config.bootstrap_servers)

@@ -56,6 +56,8 @@ pub fn validate(config: &KafkaConfig, max_packet_size: u32) -> Result<(), Bridge
 pub enum BridgeError {
     #[error("invalid configuration `{key}`: {reason}")]
     Config { key: String, reason: String },
+    #[error(transparent)]
+    Reserved(#[from] herald_kafka::options::ReservedOption),
     #[error("Kafka client: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("metrics registration failed: {0}")]

@@ -13,6 +13,7 @@ use crate::message_id::message_id;
 use crate::rules::TopicRules;
 use crate::BridgeError;
 use herald_broker::{Rejection, Uplink, UplinkAck, UplinkError, UplinkSink};
+use herald_kafka::options::check_reserved;
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -82,14 +83,11 @@ pub(crate) fn producer_config(
     config: &KafkaConfig,
     role: ProducerRole,
 ) -> Result<ClientConfig, BridgeError> {
-    for (key, instead) in RESERVED_PRODUCER_OPTIONS {
-        if config.producer_options.contains_key(*key) {
-            return Err(BridgeError::Config {
-                key: format!("kafka.producer_options.\"{key}\""),
-                reason: format!("Herald sets this itself; use {instead}"),
-            });
-        }
-    }
+    check_reserved(
+        "kafka.producer_options",
+        &config.producer_options,
+        RESERVED_PRODUCER_OPTIONS,
+    )?;
     let client_id = match role {
         ProducerRole::Uplinks { .. } => config.client_id.clone(),
         ProducerRole::Presence => format!("{}-presence", config.client_id),

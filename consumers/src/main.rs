@@ -5,8 +5,6 @@
 use anyhow::Context as _;
 use axum::routing::get;
 use clap::Parser;
-use figment::providers::{Env, Format, Toml};
-use figment::Figment;
 use herald_consumers::config::ConsumersConfig;
 use herald_consumers::Service;
 use prometheus::{Encoder, TextEncoder};
@@ -28,26 +26,19 @@ struct Cli {
     config: Option<PathBuf>,
 }
 
+/// What `HERALD_CONSUMERS_<KEY>` variables may set: a section (followed by
+/// `__` and its field) or a top-level key.
+const KEYS: &[&str] = &[
+    "kafka",
+    "announcer",
+    "print_dispatcher",
+    "scan_processor",
+    "dedup",
+    "http_listen",
+];
+
 fn load(path: Option<&std::path::Path>) -> anyhow::Result<ConsumersConfig> {
-    let mut figment = Figment::new();
-    if let Some(path) = path {
-        anyhow::ensure!(
-            path.exists(),
-            "configuration file {} does not exist",
-            path.display()
-        );
-        figment = figment.merge(Toml::file_exact(path));
-    }
-    let config: ConsumersConfig = figment
-        .merge(
-            Env::prefixed("HERALD_CONSUMERS_")
-                .filter(|key| {
-                    key.as_str().contains("__") || key.as_str().eq_ignore_ascii_case("http_listen")
-                })
-                .split("__"),
-        )
-        .extract()
-        .context("invalid configuration")?;
+    let config: ConsumersConfig = herald_kafka::layered::load(path, "HERALD_CONSUMERS_", KEYS)?;
     config
         .announcer
         .templates

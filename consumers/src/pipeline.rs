@@ -132,16 +132,10 @@ const RESERVED_OPTIONS: &[(&str, &str)] = &[
 /// Checks the pass-through options of `kafka`.
 pub fn validate(kafka: &KafkaSettings) -> Result<(), PipelineError> {
     for (section, options) in [
-        ("consumer_options", &kafka.consumer_options),
-        ("producer_options", &kafka.producer_options),
+        ("kafka.consumer_options", &kafka.consumer_options),
+        ("kafka.producer_options", &kafka.producer_options),
     ] {
-        for (key, why) in RESERVED_OPTIONS {
-            if options.contains_key(*key) {
-                return Err(PipelineError::Config(format!(
-                    "kafka.{section}.\"{key}\" cannot be set: {why}"
-                )));
-            }
-        }
+        herald_kafka::options::check_reserved(section, options, RESERVED_OPTIONS)?;
     }
     Ok(())
 }
@@ -151,6 +145,8 @@ pub fn validate(kafka: &KafkaSettings) -> Result<(), PipelineError> {
 pub enum PipelineError {
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error(transparent)]
+    Reserved(#[from] herald_kafka::options::ReservedOption),
     #[error("Kafka client: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("metrics: {0}")]

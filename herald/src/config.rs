@@ -2,9 +2,6 @@
 //! variables (`HERALD_` + the key path joined with `__`, e.g.
 //! `HERALD_BROKER__AUTH__FLEET_KEY` or `HERALD_KAFKA__BOOTSTRAP_SERVERS`).
 
-use anyhow::Context as _;
-use figment::providers::{Env, Format, Toml};
-use figment::Figment;
 use herald_bridge::{KafkaConfig, UplinkRule};
 use herald_broker::BrokerConfig;
 use serde::Deserialize;
@@ -12,7 +9,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 /// Top-level sections, the only environment variables read as configuration.
-const SECTIONS: [&str; 4] = ["broker", "kafka", "http", "log"];
+/// The sections `HERALD_<SECTION>__<KEY>` variables may set.
+const SECTIONS: &[&str] = &["broker", "kafka", "http", "log"];
 
 /// The whole of herald.toml.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -73,32 +71,9 @@ impl Default for LogConfig {
 impl HeraldConfig {
     /// Loads `path` (if given) and the environment, then validates.
     pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
-        let mut figment = Figment::new();
-        if let Some(path) = path {
-            anyhow::ensure!(
-                path.exists(),
-                "configuration file {} does not exist",
-                path.display()
-            );
-            figment = figment.merge(Toml::file_exact(path));
-        }
-        let config: HeraldConfig = figment
-            .merge(
-                // Only HERALD_<SECTION>__... variables are configuration; others
-                // (HERALD_CONFIG, HERALD_FLEET_KEY for the load tester, ...) are not.
-                Env::prefixed("HERALD_")
-                    .filter(|key| {
-                        let key = key.as_str().to_ascii_lowercase();
-                        SECTIONS
-                            .iter()
-                            .any(|section| key.starts_with(&format!("{section}__")))
-                    })
-                    .split("__"),
-            )
-            .extract()
-            .map_err(|e| anyhow::anyhow!(describe(e)))
-            .context("invalid configuration")?;
-        let mut config = config;
+        // Only HERALD_<SECTION>__... variables are configuration; others
+        // (HERALD_CONFIG, HERALD_FLEET_KEY for the load tester, ...) are not.
+        let mut config: HeraldConfig = herald_kafka::layered::load(path, "HERALD_", SECTIONS)?;
         // The default uplink rules follow a non-default device namespace.
         let prefix = &config.broker.auth.topic_prefix;
         if config.kafka.uplink_rules == UplinkRule::defaults() && prefix != "devices" {
@@ -108,28 +83,6 @@ impl HeraldConfig {
         herald_bridge::validate(&config.kafka, config.broker.max_packet_size)?;
         Ok(config)
     }
-}
-
-/// One line per error, naming the key and where the value came from.
-fn describe(error: figment::Error) -> String {
-    error
-        .into_iter()
-        .map(|e| {
-            let key = if e.path.is_empty() {
-                "(top level)".to_string()
-            } else {
-                e.path.join(".")
-            };
-            let source = e
-                .metadata
-                .as_ref()
-                .and_then(|m| m.source.as_ref())
-                .map(|s| format!(" (from {s})"))
-                .unwrap_or_default();
-            format!("`{key}`{source}: {}", e.kind)
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 #[cfg(test)]

@@ -1,0 +1,11 @@
+//! What Herald's Kafka clients share, neutral of MQTT (the broker) and of
+//! the services (the consumers): the first pieces of issue #9's shared Kafka
+//! crate.
+//!
+//! - [`layered`]: one TOML file with environment overrides, the way every
+//!   Herald binary loads its configuration;
+//! - [`options`]: the check that librdkafka pass-through options do not
+//!   override what a client sets itself.
+
+pub mod layered;
+pub mod options;
