@@ -23,35 +23,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-/// Names of the Kafka headers Herald puts on uplink records and dead letters.
-pub mod header {
-    /// The device (MQTT client) id; also the record key.
-    pub const DEVICE_ID: &str = "herald-device-id";
-    /// The MQTT topic the device published to.
-    pub const MQTT_TOPIC: &str = "herald-mqtt-topic";
-    /// The MQTT QoS, `0`, `1` or `2`.
-    pub const QOS: &str = "herald-qos";
-    /// When Herald read the PUBLISH, milliseconds since the Unix epoch.
-    pub const RECEIVED_AT: &str = "herald-received-at";
-    /// The uplink's stable identity, `<device_id>:<32 hex digits>`: the same
-    /// for every retransmission of a message (see [`crate::message_id`]).
-    pub const MESSAGE_ID: &str = "herald-message-id";
-    /// `1` when the device marked the PUBLISH as a retransmission (MQTT DUP
-    /// flag), else `0`. Always written, so that a record without it is known
-    /// to come from elsewhere (or from a Herald before this header).
-    pub const DUP: &str = "herald-dup";
-    /// Prefix of headers carrying MQTT 5 user properties.
-    pub const USER_PROPERTY_PREFIX: &str = "mqtt-user-";
-    /// Dead letters: Kafka's error for the uplink, e.g. `Message production
-    /// error: MessageSizeTooLarge (Broker: Message size too large)`.
-    pub const DEAD_LETTER_REASON: &str = "herald-dead-letter-reason";
-    /// Dead letters: `too_large`, `invalid` or `not_authorized`.
-    pub const DEAD_LETTER_KIND: &str = "herald-dead-letter-kind";
-    /// Dead letters: the Kafka topic the uplink rule chose.
-    pub const KAFKA_TOPIC: &str = "herald-kafka-topic";
-    /// Dead letters: the uplink's payload size in bytes, before truncation.
-    pub const ORIGINAL_SIZE: &str = "herald-original-size";
-}
+/// Names of the Kafka headers Herald puts on uplink records and dead
+/// letters: a contract with the consumers, kept in `herald-schemas`.
+pub use herald_schemas::headers as header;
 
 /// Which part of Herald a producer serves. Each gets its own librdkafka
 /// client and queue, so a backlog in one cannot fail or delay another.

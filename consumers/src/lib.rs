@@ -12,7 +12,6 @@
 
 pub mod amount;
 pub mod announcer;
-pub mod chunking;
 pub mod config;
 pub mod dedup;
 pub mod pipeline;

@@ -51,11 +51,6 @@ pub enum Verdict {
     },
 }
 
-/// Header Herald's bridge puts on uplinks (bridge/src/producer.rs,
-/// `header::MESSAGE_ID`): the uplink's identity, the same for every
-/// retransmission of it.
-pub const MESSAGE_ID_HEADER: &str = "herald-message-id";
-
 /// One consumed record, as processors see it.
 pub struct Input<'a> {
     pub topic: &'a str,

@@ -8,9 +8,10 @@
 //! A printer status uplink retransmitted by the printer (same
 //! `herald-message-id`) is dropped within the instance's dedup window.
 
-use crate::chunking;
 use crate::config::{KafkaSettings, PrintDispatcherConfig};
-use crate::pipeline::{now_ms, Input, Output, Processor, Verdict, MESSAGE_ID_HEADER};
+use crate::pipeline::{now_ms, Input, Output, Processor, Verdict};
+use herald_schemas::chunking;
+use herald_schemas::headers::MESSAGE_ID as MESSAGE_ID_HEADER;
 use herald_schemas::v1::{
     CommandKind, DeliveryOutcome, DeliveryReceipt, DownlinkCommand, JobState, JobStatus, PrintJob,
     PrintState, PrintStatus,

@@ -10,8 +10,9 @@
 //! (same device and `scan_id`) is dropped.
 
 use crate::config::{KafkaSettings, ScanProcessorConfig};
-use crate::pipeline::{now_ms, Input, Output, Processor, Verdict, MESSAGE_ID_HEADER};
+use crate::pipeline::{now_ms, Input, Output, Processor, Verdict};
 use crate::scancode::{self, ScanRejection};
+use herald_schemas::headers::{MESSAGE_ID as MESSAGE_ID_HEADER, RECEIVED_AT};
 use herald_schemas::v1::{CommandKind, Display, DownlinkCommand, ScanResult, ValidatedScan};
 use herald_schemas::Message as _;
 
@@ -19,9 +20,6 @@ pub struct ScanProcessor {
     config: ScanProcessorConfig,
     downlink_topic: String,
 }
-
-/// Header Herald's bridge puts on uplinks (bridge/src/producer.rs).
-const RECEIVED_AT: &str = "herald-received-at";
 
 /// Why a scan is not passed on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

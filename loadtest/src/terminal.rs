@@ -8,7 +8,7 @@
 //! and drops duplicates by command id, as firmware must.
 
 use bytes::Bytes;
-use herald_consumers::chunking::Reassembler;
+use herald_schemas::chunking::Reassembler;
 use herald_schemas::v1::{
     Announcement, CommandKind, Display, DownlinkCommand, PrintChunk, PrintState, PrintStatus,
     ScanResult,

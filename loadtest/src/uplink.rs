@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// Header Herald sets to `1` on records of PUBLISHes that had DUP set.
-const DUP_HEADER: &str = "herald-dup";
+use herald_schemas::headers::DUP as DUP_HEADER;
 
 pub async fn run(args: &UplinkArgs) -> anyhow::Result<Report> {
     let run = Run::new(&args.target, &args.clients).await?;

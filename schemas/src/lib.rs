@@ -9,6 +9,9 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/herald.v1.serde.rs"));
 }
 
+pub mod chunking;
+pub mod headers;
+
 pub use prost::Message;
 
 /// Decodes a device payload that is either protobuf or its JSON mapping

@@ -1,5 +1,6 @@
 //! Print jobs cut into chunks that fit a printer's maximum MQTT packet size,
-//! and the reassembly a printer does (here for simulated printers in tests).
+//! and the reassembly a printer does (here for simulated printers in tests):
+//! a contract between the print dispatcher and printer firmware.
 //!
 //! Every chunk of a job carries the job id, its index in `0..total`, the
 //! total, the copies and format, and the SHA-256 of the whole content, so a
@@ -10,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use herald_schemas::v1::{print_job, PrintChunk, PrintFormat, PrintJob};
+use crate::v1::{print_job, PrintChunk, PrintFormat, PrintJob};
 use ring::digest;
 use thiserror::Error;
 
@@ -199,8 +200,8 @@ impl Reassembler {
 
 #[cfg(test)]
 mod tests {
-    use herald_schemas::v1::{CommandKind, DownlinkCommand};
-    use herald_schemas::Message;
+    use crate::v1::{CommandKind, DownlinkCommand};
+    use crate::Message;
 
     use super::*;
 
