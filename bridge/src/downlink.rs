@@ -106,23 +106,12 @@ fn consumer_config(config: &KafkaConfig) -> Result<ClientConfig, BridgeError> {
         &config.consumer_options,
         RESERVED_CONSUMER_OPTIONS,
     )?;
-    let mut client = ClientConfig::new();
-    client
-        .set("bootstrap.servers", &config.bootstrap_servers)
-        .set("group.id", &config.downlink.group_id)
-        .set("client.id", format!("{}-downlink", config.client_id))
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        // A topic nobody produced to yet is created (where the brokers allow
-        // it) instead of failing the subscription; production clusters
-        // usually create topics up front and may override this.
-        .set("allow.auto.create.topics", "true")
-        .set("topic.metadata.refresh.interval.ms", "5000");
-    for (key, value) in &config.consumer_options {
-        client.set(key, value);
-    }
+    let mut client = herald_kafka::clients::at_least_once_consumer(
+        &config.bootstrap_servers,
+        &format!("{}-downlink", config.client_id),
+        &config.downlink.group_id,
+    );
+    herald_kafka::clients::with_options(&mut client, &config.consumer_options);
     Ok(client)
 }
 

@@ -67,23 +67,12 @@ pub(crate) fn producer_config(
         ProducerRole::Presence => format!("{}-presence", config.client_id),
         ProducerRole::Receipts => format!("{}-receipts", config.client_id),
     };
-    let mut client = ClientConfig::new();
-    client
-        .set("bootstrap.servers", &config.bootstrap_servers)
-        .set("client.id", client_id)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set(
-            "message.timeout.ms",
-            config.delivery_timeout.as_millis().to_string(),
-        )
-        .set("linger.ms", "2")
-        // Small produce requests must not wait for TCP's delayed ACK: with
-        // Nagle on, the uplink PUBACK p99 tripled (docs/benchmarks.md).
-        .set("socket.nagle.disable", "true");
-    for (key, value) in &config.producer_options {
-        client.set(key, value);
-    }
+    let mut client = herald_kafka::clients::idempotent_producer(
+        &config.bootstrap_servers,
+        &client_id,
+        config.delivery_timeout,
+    );
+    herald_kafka::clients::with_options(&mut client, &config.producer_options);
     let queue_bound = match role {
         ProducerRole::Uplinks { max_packet_size } => {
             let needed = u64::from(max_packet_size) + u64::from(RECORD_MARGIN);

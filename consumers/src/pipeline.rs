@@ -20,7 +20,7 @@ use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -159,6 +159,10 @@ pub(crate) fn now_ms() -> i64 {
 /// (topic, partition, offset) once Kafka acknowledged them all.
 type Settling = Pin<Box<dyn Future<Output = (String, i32, i64)> + Send>>;
 
+/// How long one attempt to produce an output may take
+/// (`message.timeout.ms`; a failed output is retried, its input not committed).
+const OUTPUT_DELIVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Runs `processor` over `inputs` as consumer group `group_id` until
 /// `shutdown`, dropping duplicates within the `dedup` window.
 pub async fn run(
@@ -171,34 +175,19 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), PipelineError> {
     validate(kafka)?;
-    let mut consumer_config = ClientConfig::new();
-    consumer_config
-        .set("bootstrap.servers", &kafka.bootstrap_servers)
-        .set("group.id", group_id)
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        // A topic nobody produced to yet is created (where the brokers allow
-        // it) instead of failing the subscription; production clusters
-        // usually create topics up front and may override this.
-        .set("allow.auto.create.topics", "true")
-        .set("topic.metadata.refresh.interval.ms", "5000");
-    for (key, value) in &kafka.consumer_options {
-        consumer_config.set(key, value);
-    }
+    // The group id names the service's clients too (client.id in Kafka's
+    // logs and quotas).
+    let mut consumer_config =
+        herald_kafka::clients::at_least_once_consumer(&kafka.bootstrap_servers, group_id, group_id);
+    herald_kafka::clients::with_options(&mut consumer_config, &kafka.consumer_options);
     let consumer: StreamConsumer = consumer_config.create()?;
     consumer.subscribe(inputs)?;
-    let mut producer_config = ClientConfig::new();
-    producer_config
-        .set("bootstrap.servers", &kafka.bootstrap_servers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "2")
-        .set("socket.nagle.disable", "true");
-    for (key, value) in &kafka.producer_options {
-        producer_config.set(key, value);
-    }
+    let mut producer_config = herald_kafka::clients::idempotent_producer(
+        &kafka.bootstrap_servers,
+        group_id,
+        OUTPUT_DELIVERY_TIMEOUT,
+    );
+    herald_kafka::clients::with_options(&mut producer_config, &kafka.producer_options);
     let producer: FutureProducer = producer_config.create()?;
 
     let records = IntCounterVec::new(

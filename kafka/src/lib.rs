@@ -2,10 +2,13 @@
 //! the services (the consumers): the first pieces of issue #9's shared Kafka
 //! crate.
 //!
+//! - [`clients`]: the settings an idempotent producer and an at-least-once
+//!   group consumer start from;
 //! - [`layered`]: one TOML file with environment overrides, the way every
 //!   Herald binary loads its configuration;
 //! - [`options`]: the check that librdkafka pass-through options do not
 //!   override what a client sets itself.
 
+pub mod clients;
 pub mod layered;
 pub mod options;
