@@ -1,7 +1,7 @@
 //! Kafka bridge configuration (`[kafka]` in herald.toml).
 
+use herald_kafka::options::PassThrough;
 use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// How Herald talks to Kafka.
@@ -25,10 +25,10 @@ pub struct KafkaConfig {
     /// Extra librdkafka producer properties, passed through as they are
     /// (e.g. `"compression.type" = "lz4"`, `"security.protocol" = "ssl"`).
     /// Properties Herald sets itself are refused here. Default: empty.
-    pub producer_options: BTreeMap<String, String>,
+    pub producer_options: PassThrough,
     /// Extra librdkafka consumer properties for the downlink consumer, passed
     /// through (e.g. security settings). Default: empty.
-    pub consumer_options: BTreeMap<String, String>,
+    pub consumer_options: PassThrough,
     /// Where uplinks Kafka refuses for good (too large, invalid, not
     /// authorized) are kept, keyed by device id, with the reason in a header;
     /// the device then gets its PUBACK (MQTT 5: with the reason code).
@@ -123,8 +123,8 @@ impl Default for KafkaConfig {
             delivery_timeout: Duration::from_secs(30),
             healthcheck_interval: Duration::from_secs(5),
             uplink_rules: UplinkRule::defaults(),
-            producer_options: BTreeMap::new(),
-            consumer_options: BTreeMap::new(),
+            producer_options: PassThrough::default(),
+            consumer_options: PassThrough::default(),
             dead_letter_topic: "herald.uplink.dead-letters".into(),
             dead_letter_max_payload: 64 * 1024,
             downlink: DownlinkConfig::default(),

@@ -94,9 +94,7 @@ impl KafkaPresence {
         // The producer's pass-through options carry the cluster's security settings.
         let mut admin_config = rdkafka::ClientConfig::new();
         admin_config.set("bootstrap.servers", &config.bootstrap_servers);
-        for (key, value) in &config.producer_options {
-            admin_config.set(key, value);
-        }
+        herald_kafka::clients::with_options(&mut admin_config, &config.producer_options);
         let admin: Result<AdminClient<DefaultClientContext>, _> = admin_config.create();
         let admin = match admin {
             Ok(admin) => admin,

@@ -1,9 +1,9 @@
 //! Configuration of the consumer services: one TOML file, overridden by
 //! `HERALD_CONSUMERS_<SECTION>__<KEY>` environment variables.
 
+use herald_kafka::options::PassThrough;
 use crate::templates::Templates;
 use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -37,9 +37,9 @@ pub struct KafkaSettings {
     /// service stops consuming past it. Default 1000.
     pub max_inflight: usize,
     /// Extra librdkafka consumer properties, passed through. Default: empty.
-    pub consumer_options: BTreeMap<String, String>,
+    pub consumer_options: PassThrough,
     /// Extra librdkafka producer properties, passed through. Default: empty.
-    pub producer_options: BTreeMap<String, String>,
+    pub producer_options: PassThrough,
 }
 
 impl Default for KafkaSettings {
@@ -50,8 +50,8 @@ impl Default for KafkaSettings {
             downlink_topic: "herald.downlink".into(),
             receipts_topic: "herald.receipts".into(),
             max_inflight: 1000,
-            consumer_options: BTreeMap::new(),
-            producer_options: BTreeMap::new(),
+            consumer_options: PassThrough::default(),
+            producer_options: PassThrough::default(),
         }
     }
 }
