@@ -1,8 +1,8 @@
 //! Configuration of the consumer services: one TOML file, overridden by
 //! `HERALD_CONSUMERS_<SECTION>__<KEY>` environment variables.
 
-use herald_kafka::options::PassThrough;
 use crate::templates::Templates;
+use herald_kafka::options::PassThrough;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -20,9 +20,16 @@ impl PassThrough {
     /// Whether librdkafka property `key` holds a secret.
     pub fn is_secret(key: &str) -> bool {
         let key = key.to_ascii_lowercase();
-        ["password", "secret", "jaas", ".key.pem", "private.key", "token"]
-            .iter()
-            .any(|word| key.contains(word))
+        [
+            "password",
+            "secret",
+            "jaas",
+            ".key.pem",
+            "private.key",
+            "token",
+        ]
+        .iter()
+        .any(|word| key.contains(word))
     }
 }
 
@@ -95,10 +102,19 @@ mod tests {
         options.insert("ssl.key.pem".into(), "-----BEGIN".into());
         options.insert("compression.type".into(), "lz4".into());
         let printed = format!("{options:?}");
-        assert!(!printed.contains("hunter2") && !printed.contains("s3cret"), "{printed}");
+        assert!(
+            !printed.contains("hunter2") && !printed.contains("s3cret"),
+            "{printed}"
+        );
         assert!(!printed.contains("BEGIN"), "{printed}");
-        assert!(printed.contains("\"sasl.password\": \"<redacted>\""), "{printed}");
-        assert!(printed.contains("\"compression.type\": \"lz4\""), "{printed}");
+        assert!(
+            printed.contains("\"sasl.password\": \"<redacted>\""),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("\"compression.type\": \"lz4\""),
+            "{printed}"
+        );
     }
 
     #[test]
