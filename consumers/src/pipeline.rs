@@ -138,8 +138,6 @@ pub fn validate(kafka: &KafkaSettings) -> Result<(), PipelineError> {
 /// Errors starting a service.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    #[error("invalid configuration: {0}")]
-    Config(String),
     #[error(transparent)]
     Reserved(#[from] herald_kafka::options::ReservedOption),
     #[error("Kafka client: {0}")]
@@ -161,7 +159,7 @@ type Settling = Pin<Box<dyn Future<Output = (String, i32, i64)> + Send>>;
 
 /// How long one attempt to produce an output may take
 /// (`message.timeout.ms`; a failed output is retried, its input not committed).
-const OUTPUT_DELIVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+const OUTPUT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs `processor` over `inputs` as consumer group `group_id` until
 /// `shutdown`, dropping duplicates within the `dedup` window.
