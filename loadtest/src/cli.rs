@@ -1,6 +1,7 @@
 //! Command-line interface, following emqtt-bench's conventions (`conn`,
 //! `sub`, `pub`; `-c` clients, `-i`/`-R` connect pacing, `-q`, `-s`, `-t`
-//! with `%i` and `%c`, `-h`/`-p`, `--ifaddr`), plus the terminal-platform
+//! with `%i` and `%c`, `-h`/`-p`, `--ifaddr`; `-h` also takes a list of
+//! nodes, brokers.rs), plus the terminal-platform
 //! scenarios `fleet`, `uplink`, `announce`, `downlink` and `storm`, and the
 //! loss-counting MQTT fan-in `fanin`.
 
@@ -65,10 +66,13 @@ pub enum Command {
 /// Where the broker is and how clients present themselves.
 #[derive(Args, Debug, Clone)]
 pub struct Target {
-    /// Broker host.
+    /// Broker host, or several nodes as an L4 load balancer would spread
+    /// clients over them: host[:port],host[:port],... ([ipv6]:port; an
+    /// entry without a port uses --port). Terminal i starts on entry
+    /// i mod N (i counts from --startnumber).
     #[arg(short = 'h', long, default_value = "127.0.0.1")]
     pub host: String,
-    /// Broker port.
+    /// Broker port (of the -h entries that have none).
     #[arg(short = 'p', long, default_value_t = 1883)]
     pub port: u16,
     /// Local source addresses to spread connections over (comma separated),
@@ -115,6 +119,11 @@ pub struct FirmwareArgs {
     /// Most unacknowledged QoS 1 messages per terminal (0: no limit).
     #[arg(long, default_value_t = 16)]
     pub inflight: usize,
+    /// Reconnect to the next -h entry after each lost connection, as a
+    /// re-balancing load balancer would (by default terminals go back to
+    /// the same one; after a failed connect they always move on).
+    #[arg(long)]
+    pub move_on_reconnect: bool,
 }
 
 impl FirmwareArgs {
@@ -127,6 +136,7 @@ impl FirmwareArgs {
             },
             clean_session: self.clean_session,
             max_inflight: (self.inflight > 0).then_some(self.inflight),
+            move_on_reconnect: self.move_on_reconnect,
         }
     }
 }
@@ -546,6 +556,37 @@ mod tests {
             (5, 5, 10)
         );
         assert_eq!(args.impaired.slow_ack_ms, 200);
+    }
+
+    #[test]
+    fn several_nodes_and_moving_on_reconnect() {
+        let cli = Cli::try_parse_from([
+            "herald-loadtest",
+            "uplink",
+            "-h",
+            "127.0.0.1:1884,127.0.0.1:1885,[::1]",
+            "-p",
+            "1886",
+            "--move-on-reconnect",
+        ])
+        .unwrap();
+        let Command::Uplink(args) = cli.command else {
+            panic!()
+        };
+        let nodes = crate::brokers::parse_list(&args.target.host, args.target.port).unwrap();
+        let nodes: Vec<String> = nodes.iter().map(ToString::to_string).collect();
+        assert_eq!(nodes, ["127.0.0.1:1884", "127.0.0.1:1885", "[::1]:1886"]);
+        assert!(args.firmware.firmware().move_on_reconnect);
+
+        let cli = Cli::try_parse_from(["herald-loadtest", "announce"]).unwrap();
+        let Command::Announce(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(
+            (args.target.host.as_str(), args.target.port),
+            ("127.0.0.1", 1883)
+        );
+        assert!(!args.firmware.firmware().move_on_reconnect);
     }
 
     #[test]

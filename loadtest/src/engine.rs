@@ -3,6 +3,7 @@
 //! counters, latencies and the run's loss ledger.
 
 use crate::accounting::{DownlinkLedger, UplinkLedger};
+use crate::brokers::Brokers;
 use crate::cli::{Clients, Target};
 use crate::client::{ConnectOptions, Connection, SourceAddresses};
 use crate::impairment::Stall;
@@ -12,7 +13,6 @@ use crate::schedule::{Latencies, Schedule};
 use anyhow::Context as _;
 use bytes::{BufMut, Bytes, BytesMut};
 use indicatif::{ProgressBar, ProgressStyle};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -49,7 +49,8 @@ impl Counters {
 
 /// Shared state of a run.
 pub struct Run {
-    pub broker: SocketAddr,
+    /// The broker addresses of `-h`, which clients spread over (brokers.rs).
+    pub brokers: Brokers,
     pub sources: SourceAddresses,
     pub target: Target,
     pub clients: Clients,
@@ -87,11 +88,7 @@ pub fn unix_micros() -> u64 {
 impl Run {
     pub async fn new(target: &Target, clients: &Clients) -> anyhow::Result<Arc<Run>> {
         crate::client::ensure_fd_limit(u64::from(clients.count))?;
-        let broker = tokio::net::lookup_host((target.host.as_str(), target.port))
-            .await
-            .with_context(|| format!("resolving {}", target.host))?
-            .next()
-            .context("broker host does not resolve")?;
+        let brokers = Brokers::resolve(&target.host, target.port).await?;
         let fleet_key = match &target.fleet_key {
             Some(text) => {
                 use base64::Engine as _;
@@ -103,7 +100,7 @@ impl Run {
             None => None,
         };
         Ok(Arc::new(Run {
-            broker,
+            brokers,
             sources: SourceAddresses::new(target.ifaddr.clone()),
             target: target.clone(),
             clients: clients.clone(),
@@ -168,19 +165,46 @@ impl Run {
             .clone()
     }
 
-    /// Opens a connection for client `index`: TCP, CONNECT, CONNACK.
-    pub async fn open(&self, index: u32, clean_session: bool) -> anyhow::Result<Connection> {
-        self.open_as(&self.clients.client_id(index), clean_session)
-            .await
+    /// The broker address (an index into [`Run::brokers`]) client `index`
+    /// connects to first.
+    pub fn first_node(&self, index: u32) -> usize {
+        self.brokers
+            .for_terminal(self.clients.start_number.wrapping_add(index))
     }
 
-    /// Opens a connection for any client id.
+    /// Opens a connection for client `index` to its first node: TCP,
+    /// CONNECT, CONNACK.
+    pub async fn open(&self, index: u32, clean_session: bool) -> anyhow::Result<Connection> {
+        self.open_on(
+            self.first_node(index),
+            &self.clients.client_id(index),
+            clean_session,
+        )
+        .await
+    }
+
+    /// Opens a connection for any client id, to the node its id hashes to.
     pub async fn open_as(
         &self,
         client_id: &str,
         clean_session: bool,
     ) -> anyhow::Result<Connection> {
-        let stream = self.sources.connect(self.broker).await?;
+        self.open_on(
+            self.brokers.for_client_id(client_id),
+            client_id,
+            clean_session,
+        )
+        .await
+    }
+
+    /// Opens a connection for `client_id` to broker address `node`.
+    pub async fn open_on(
+        &self,
+        node: usize,
+        client_id: &str,
+        clean_session: bool,
+    ) -> anyhow::Result<Connection> {
+        let stream = self.sources.connect(self.brokers.address(node)).await?;
         Connection::open(
             stream,
             &self.connect_options_as(client_id.to_string(), clean_session),
@@ -192,18 +216,24 @@ impl Run {
     /// Connects client `index` (clean session) at its intended time; records
     /// the connect latency.
     pub async fn connect(&self, index: u32, intended: Instant) -> Option<Connection> {
-        self.connect_with(index, intended, true).await
+        self.connect_on(self.first_node(index), index, intended, true)
+            .await
     }
 
-    /// [`Run::connect`] with a choice of clean or persistent session.
-    pub async fn connect_with(
+    /// [`Run::connect`] to broker address `node`, with a choice of clean or
+    /// persistent session.
+    pub async fn connect_on(
         &self,
+        node: usize,
         index: u32,
         intended: Instant,
         clean_session: bool,
     ) -> Option<Connection> {
         tokio::time::sleep_until(intended.into()).await;
-        match self.open(index, clean_session).await {
+        match self
+            .open_on(node, &self.clients.client_id(index), clean_session)
+            .await
+        {
             Ok(connection) => {
                 self.connect_latency
                     .lock()

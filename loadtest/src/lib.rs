@@ -7,6 +7,7 @@
 
 pub mod accounting;
 pub mod backoff;
+pub mod brokers;
 pub mod cli;
 pub mod client;
 pub mod downlink;

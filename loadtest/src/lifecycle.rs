@@ -9,6 +9,11 @@
 //! scheduled meanwhile wait their turn (their latency still counts from the
 //! scheduled time).
 //!
+//! With several broker addresses (brokers.rs) a terminal starts on its own
+//! and, backoff unchanged, moves to the next after a failed connect, as a
+//! load balancer stops sending to a dead node; with `move_on_reconnect`
+//! also after every lost connection.
+//!
 //! Some terminals may be impaired (impairment.rs): a stalled one stops
 //! reading once subscribed and never comes back; a slow one holds each
 //! acknowledgement for a while.
@@ -38,6 +43,9 @@ pub struct Firmware {
     pub clean_session: bool,
     /// Most QoS 1/2 messages waiting for their acknowledgement; `None` for no limit.
     pub max_inflight: Option<usize>,
+    /// Reconnect to the next broker address after a lost connection, not
+    /// to the same one.
+    pub move_on_reconnect: bool,
 }
 
 impl Firmware {
@@ -49,6 +57,7 @@ impl Firmware {
             backoff: BackoffPolicy::default(),
             clean_session: true,
             max_inflight: None,
+            move_on_reconnect: false,
         }
     }
 
@@ -60,6 +69,7 @@ impl Firmware {
             backoff: BackoffPolicy::default(),
             clean_session: false,
             max_inflight: Some(16),
+            move_on_reconnect: false,
         }
     }
 }
@@ -104,6 +114,8 @@ struct Terminal {
     outbox: Outbox,
     ever_connected: bool,
     impairment: Impairment,
+    /// The broker address it connects to next (an index into `Run::brokers`).
+    node: usize,
 }
 
 struct Publishing {
@@ -142,6 +154,7 @@ impl Terminal {
             ),
             ever_connected: false,
             impairment: behaviour.impairments.of(index),
+            node: run.first_node(index),
         }
     }
 
@@ -201,11 +214,17 @@ pub async fn client(
     let mut leave = behaviour.leave.clone();
     let mut backoff = Backoff::new(behaviour.firmware.backoff, u64::from(index));
     let mut connection = match run
-        .connect_with(index, connect_at, behaviour.firmware.clean_session)
+        .connect_on(
+            terminal.node,
+            index,
+            connect_at,
+            behaviour.firmware.clean_session,
+        )
         .await
     {
         Some(connection) => Some(connection),
         None if behaviour.firmware.reconnect => {
+            terminal.node = run.brokers.after(terminal.node);
             reconnect(
                 &run,
                 &mut terminal,
@@ -232,6 +251,9 @@ pub async fn client(
                 }
                 run.error("connection", &error);
                 run.counters.disconnects.fetch_add(1, Ordering::Relaxed);
+                if behaviour.firmware.move_on_reconnect {
+                    terminal.node = run.brokers.after(terminal.node);
+                }
                 if behaviour.firmware.reconnect {
                     connection = reconnect(
                         &run,
@@ -255,7 +277,8 @@ pub async fn client(
 }
 
 /// Waits out the backoff and connects again, until it works or the terminal
-/// should leave. Records the reconnect latency from `lost_at`.
+/// should leave; each failed attempt moves on to the next broker address.
+/// Records the reconnect latency from `lost_at`.
 async fn reconnect(
     run: &Run,
     terminal: &mut Terminal,
@@ -274,7 +297,11 @@ async fn reconnect(
             return None;
         }
         match run
-            .open(terminal.index, behaviour.firmware.clean_session)
+            .open_on(
+                terminal.node,
+                &terminal.client_id,
+                behaviour.firmware.clean_session,
+            )
             .await
         {
             Ok(connection) => {
@@ -299,6 +326,7 @@ async fn reconnect(
                 run.counters
                     .reconnect_failures
                     .fetch_add(1, Ordering::Relaxed);
+                terminal.node = run.brokers.after(terminal.node);
             }
         }
     }
@@ -778,6 +806,138 @@ mod tests {
         let no_reconnect =
             tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
         assert!(no_reconnect.is_err(), "no reconnect");
+    }
+
+    /// Two broker addresses: a listener, and a port nothing listens on
+    /// any more (a dead node).
+    async fn live_and_dead_node() -> (TcpListener, u16) {
+        let live = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead_port = dead.local_addr().unwrap().port();
+        drop(dead);
+        (live, dead_port)
+    }
+
+    fn listening_terminal(firmware: Firmware, leave: watch::Receiver<bool>) -> Arc<Behaviour> {
+        let mut behaviour = (*downlink_terminal(Impairments::default(), leave)).clone();
+        behaviour.firmware = Firmware {
+            backoff: BackoffPolicy {
+                initial: Duration::from_millis(10),
+                max: Duration::from_millis(50),
+            },
+            ..firmware
+        };
+        Arc::new(behaviour)
+    }
+
+    async fn accept_within(listener: &TcpListener, wait: Duration) -> Option<Peer> {
+        let accepted = tokio::time::timeout(wait, Peer::accept(listener)).await;
+        accepted.ok()
+    }
+
+    #[tokio::test]
+    async fn a_terminal_whose_node_refuses_moves_on_to_the_next() {
+        let (live, dead_port) = live_and_dead_node().await;
+        let hosts = format!("127.0.0.1:{dead_port},{}", live.local_addr().unwrap());
+        let run = crate::test_broker::run_against_nodes(&hosts, 1, "box-%i").await;
+        assert_eq!(run.first_node(0), 0, "terminal 0 starts on the dead node");
+        let (leave, leave_signal) = watch::channel(false);
+        let now = Instant::now();
+        let terminal = tokio::spawn(client(
+            run.clone(),
+            0,
+            now,
+            now,
+            listening_terminal(Firmware::reliable(), leave_signal),
+        ));
+        let mut broker = accept_within(&live, Duration::from_secs(5))
+            .await
+            .expect("the terminal came to the live node");
+        broker.handshake().await;
+        assert!(matches!(broker.read().await, Packet::Subscribe(_)));
+        leave.send(true).unwrap();
+        terminal.await.unwrap();
+        let counters = &run.counters;
+        assert_eq!(counters.connect_failed.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.connected.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_terminal_goes_back_to_its_node_or_moves_on_if_told_to() {
+        for move_on_reconnect in [false, true] {
+            let first = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let second = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let hosts = format!(
+                "{},{}",
+                first.local_addr().unwrap(),
+                second.local_addr().unwrap()
+            );
+            let run = crate::test_broker::run_against_nodes(&hosts, 1, "box-%i").await;
+            let (leave, leave_signal) = watch::channel(false);
+            let firmware = Firmware {
+                move_on_reconnect,
+                ..Firmware::reliable()
+            };
+            let now = Instant::now();
+            let terminal = tokio::spawn(client(
+                run.clone(),
+                0,
+                now,
+                now,
+                listening_terminal(firmware, leave_signal),
+            ));
+            let mut broker = accept_within(&first, Duration::from_secs(5)).await.unwrap();
+            broker.handshake().await;
+            drop(broker); // the connection drops; the node stays up
+            let (expected, other) = if move_on_reconnect {
+                (&second, &first)
+            } else {
+                (&first, &second)
+            };
+            let mut broker = accept_within(expected, Duration::from_secs(5))
+                .await
+                .unwrap_or_else(|| panic!("move_on_reconnect {move_on_reconnect}"));
+            broker.handshake().await;
+            assert!(accept_within(other, Duration::from_millis(200))
+                .await
+                .is_none());
+            leave.send(true).unwrap();
+            terminal.await.unwrap();
+            assert_eq!(run.counters.reconnects.load(Ordering::Relaxed), 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_terminal_whose_node_died_reconnects_to_the_next() {
+        let first = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let second = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hosts = format!(
+            "{},{}",
+            first.local_addr().unwrap(),
+            second.local_addr().unwrap()
+        );
+        let run = crate::test_broker::run_against_nodes(&hosts, 1, "box-%i").await;
+        let (leave, leave_signal) = watch::channel(false);
+        let now = Instant::now();
+        let terminal = tokio::spawn(client(
+            run.clone(),
+            0,
+            now,
+            now,
+            listening_terminal(Firmware::reliable(), leave_signal),
+        ));
+        let mut broker = accept_within(&first, Duration::from_secs(5)).await.unwrap();
+        broker.handshake().await;
+        drop((broker, first)); // the node dies: connection and listener gone
+        let mut broker = accept_within(&second, Duration::from_secs(5))
+            .await
+            .expect("the terminal reconnected to the live node");
+        broker.handshake().await;
+        leave.send(true).unwrap();
+        terminal.await.unwrap();
+        let counters = &run.counters;
+        assert_eq!(counters.reconnects.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.reconnect_failures.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]

@@ -17,6 +17,7 @@ use std::time::Duration;
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Report {
     pub scenario: String,
+    /// The broker address, or the addresses of `-h` joined by commas.
     pub broker: String,
     pub clients: u32,
     pub connect_rate: f64,
@@ -80,7 +81,7 @@ impl Report {
         let published = Counters::get(&c.published);
         let mut report = Report {
             scenario: scenario.into(),
-            broker: run.broker.to_string(),
+            broker: run.brokers.to_string(),
             clients: run.clients.count,
             connect_rate: run.clients.connect_rate(),
             rate,

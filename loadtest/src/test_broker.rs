@@ -1,5 +1,5 @@
 //! The broker side of unit tests: one accepted TCP connection that reads
-//! and writes MQTT 3.1.1 packets, and a run pointed at it.
+//! and writes MQTT 3.1.1 packets, and a run pointed at it (or at several).
 
 use crate::cli::{Clients, Target};
 use crate::engine::Run;
@@ -11,9 +11,14 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// A run of `count` clients named by `client_id` against 127.0.0.1:`port`.
 pub async fn run_against(port: u16, count: u32, client_id: &str) -> Arc<Run> {
+    run_against_nodes(&format!("127.0.0.1:{port}"), count, client_id).await
+}
+
+/// A run against the broker addresses of a `-h` list.
+pub async fn run_against_nodes(hosts: &str, count: u32, client_id: &str) -> Arc<Run> {
     let target = Target {
-        host: "127.0.0.1".into(),
-        port,
+        host: hosts.into(),
+        port: 1883,
         ifaddr: vec![],
         username: None,
         password: None,
