@@ -36,6 +36,11 @@ pub struct KafkaSettings {
     /// Records processed whose outputs Kafka has not acknowledged yet; the
     /// service stops consuming past it. Default 1000.
     pub max_inflight: usize,
+    /// How often librdkafka reports the statistics of the service's consumer
+    /// and producer, exported as the `herald_kafka_*` metrics
+    /// (`statistics.interval.ms`). `0s` disables them. Default 5s.
+    #[serde(with = "humantime_serde")]
+    pub statistics_interval: Duration,
     /// Extra librdkafka consumer properties, passed through. Default: empty.
     pub consumer_options: PassThrough,
     /// Extra librdkafka producer properties, passed through. Default: empty.
@@ -50,6 +55,7 @@ impl Default for KafkaSettings {
             downlink_topic: "herald.downlink".into(),
             receipts_topic: "herald.receipts".into(),
             max_inflight: 1000,
+            statistics_interval: herald_kafka::stats::DEFAULT_STATISTICS_INTERVAL,
             consumer_options: PassThrough::default(),
             producer_options: PassThrough::default(),
         }
@@ -194,6 +200,17 @@ mod tests {
         .unwrap();
         assert_eq!(config.dedup.window, Duration::from_secs(120));
         assert_eq!(config.dedup.max_entries, 500);
+    }
+
+    #[test]
+    fn the_statistics_interval_defaults_to_5s_and_0_disables() {
+        let config: ConsumersConfig = Figment::new().extract().unwrap();
+        assert_eq!(config.kafka.statistics_interval, Duration::from_secs(5));
+        let config: ConsumersConfig =
+            Figment::from(Toml::string("[kafka]\nstatistics_interval = \"0s\"\n"))
+                .extract()
+                .unwrap();
+        assert_eq!(config.kafka.statistics_interval, Duration::ZERO);
     }
 
     #[test]

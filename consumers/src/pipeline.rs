@@ -10,17 +10,22 @@
 //! checked against the instance's window of ids seen ([`SeenWindow`]): a
 //! duplicate is dropped unprocessed (its offset still committed in order) and
 //! counted in `herald_consumer_duplicates_dropped_total`.
+//!
+//! The service's consumer and producer report librdkafka's statistics every
+//! `kafka.statistics_interval` as the `herald_kafka_*` metrics
+//! (`herald_kafka::stats`), labelled `client="<service>-consumer"` and
+//! `"<service>-producer"`.
 
 use crate::config::{DedupConfig, KafkaSettings};
 use crate::dedup::SeenWindow;
 use futures::stream::{FuturesOrdered, StreamExt};
+use herald_kafka::stats::{with_statistics, KafkaStatsMetrics, StatsContext};
 use herald_schemas::v1::DeadLetter;
 use herald_schemas::Message as _;
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::{Offset, TopicPartitionList};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -122,6 +127,7 @@ const RESERVED_OPTIONS: &[(&str, &str)] = &[
     ),
     ("acks", "outputs always use acks=all"),
     ("request.required.acks", "outputs always use acks=all"),
+    ("statistics.interval.ms", "use kafka.statistics_interval"),
 ];
 
 /// Checks the pass-through options of `kafka`.
@@ -173,20 +179,27 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), PipelineError> {
     validate(kafka)?;
+    let service = processor.name();
+    let statistics = KafkaStatsMetrics::register(registry)?;
     // The group id names the service's clients too (client.id in Kafka's
     // logs and quotas).
     let mut consumer_config =
         herald_kafka::clients::at_least_once_consumer(&kafka.bootstrap_servers, group_id, group_id);
+    with_statistics(&mut consumer_config, kafka.statistics_interval);
     herald_kafka::clients::with_options(&mut consumer_config, &kafka.consumer_options);
-    let consumer: StreamConsumer = consumer_config.create()?;
+    let consumer: StreamConsumer<StatsContext> = consumer_config.create_with_context(
+        StatsContext::new(statistics.clone(), format!("{service}-consumer")),
+    )?;
     consumer.subscribe(inputs)?;
     let mut producer_config = herald_kafka::clients::idempotent_producer(
         &kafka.bootstrap_servers,
         group_id,
         OUTPUT_DELIVERY_TIMEOUT,
     );
+    with_statistics(&mut producer_config, kafka.statistics_interval);
     herald_kafka::clients::with_options(&mut producer_config, &kafka.producer_options);
-    let producer: FutureProducer = producer_config.create()?;
+    let producer: FutureProducer<StatsContext> = producer_config
+        .create_with_context(StatsContext::new(statistics, format!("{service}-producer")))?;
 
     let records = IntCounterVec::new(
         Opts::new(
@@ -218,7 +231,6 @@ pub async fn run(
     registry.register(Box::new(duplicates.clone()))?;
     registry.register(Box::new(rejected.clone()))?;
 
-    let service = processor.name();
     let mut seen = SeenWindow::new(dedup.window, dedup.max_entries);
     info!(service, ?inputs, group_id, dedup_window = ?dedup.window, dedup_max_entries = dedup.max_entries, "consuming");
     let mut pending: FuturesOrdered<Settling> = FuturesOrdered::new();
@@ -228,7 +240,11 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
             Some((topic, partition, offset)) = pending.next(), if !pending.is_empty() => {
                 inflight.dec();
-                store_offset(&consumer, &topic, partition, offset);
+                // Settled in consumption order: store the offset after it.
+                let next = offset + 1;
+                if let Err(error) = herald_kafka::watermark::store(&consumer, &topic, partition, next) {
+                    tracing::debug!(%error, topic, partition, "offset not stored (partition revoked?)");
+                }
                 continue;
             }
             message = consumer.recv(), if pending.len() < max_inflight => message,
@@ -316,7 +332,11 @@ pub async fn run(
 
 /// Produces every output, retrying failures, until all are acknowledged or
 /// shutdown (then the record stays uncommitted and is processed again).
-async fn produce_all(producer: &FutureProducer, outputs: &[Output], shutdown: &CancellationToken) {
+async fn produce_all(
+    producer: &FutureProducer<StatsContext>,
+    outputs: &[Output],
+    shutdown: &CancellationToken,
+) {
     let mut remaining: Vec<&Output> = outputs.iter().collect();
     let mut backoff = Duration::from_millis(100);
     while !remaining.is_empty() {
@@ -355,18 +375,6 @@ async fn produce_all(producer: &FutureProducer, outputs: &[Output], shutdown: &C
     }
 }
 
-fn store_offset(consumer: &StreamConsumer, topic: &str, partition: i32, offset: i64) {
-    let mut list = TopicPartitionList::new();
-    if list
-        .add_partition_offset(topic, partition, Offset::Offset(offset + 1))
-        .is_ok()
-    {
-        if let Err(error) = consumer.store_offsets(&list) {
-            tracing::debug!(%error, topic, partition, "offset not stored (partition revoked?)");
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,5 +394,11 @@ mod tests {
         kafka.consumer_options.clear();
         kafka.producer_options.insert("acks".into(), "1".into());
         assert!(validate(&kafka).is_err());
+        kafka.producer_options.clear();
+        kafka
+            .producer_options
+            .insert("statistics.interval.ms".into(), "1000".into());
+        let error = validate(&kafka).unwrap_err().to_string();
+        assert!(error.contains("kafka.statistics_interval"), "{error}");
     }
 }
