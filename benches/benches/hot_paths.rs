@@ -140,7 +140,7 @@ fn schema_benches(c: &mut Criterion) {
         b.iter(|| herald_schemas::decode_device_payload::<ScanResult>(black_box(&json[..])))
     });
     c.bench_function("speak_amount_chinese", |b| {
-        b.iter(|| herald_consumers::amount::chinese(black_box(1_005_30), "CNY"))
+        b.iter(|| herald_consumers::amount::chinese(black_box(100_530), "CNY"))
     });
 }
 

@@ -42,6 +42,75 @@ pub struct KafkaConfig {
     pub downlink: DownlinkConfig,
     /// Device presence events.
     pub presence: PresenceConfig,
+    /// Several Herald nodes on one Kafka.
+    pub cluster: ClusterConfig,
+}
+
+/// `[kafka.cluster]`: Herald nodes cooperating through Kafka alone. A single
+/// node needs none of these set.
+///
+/// Every node follows the compacted presence topic, so it knows which node
+/// holds each device. Commands are consumed by one group shared by all
+/// nodes; a command for a device held by another node is forwarded to that
+/// node's inbox topic, `<kafka.downlink.topic>.inbox.<node_id>`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's stable id: in presence events, in its inbox topic's name,
+    /// and its Kafka static group membership (`group.instance.id`), so a
+    /// restart within `session_timeout` moves no partition. Must be unique
+    /// among the nodes; in Kubernetes, the StatefulSet pod name. Default:
+    /// `$HOSTNAME`, else `/etc/hostname`, else `herald`.
+    pub node_id: Option<String>,
+    /// How long Kafka waits for a node that stopped heartbeating before its
+    /// partitions go to the others (`session.timeout.ms`). A node restarted
+    /// within it keeps its partitions; a node that died delays its
+    /// partitions' commands by up to this much. Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// How often a node checks for inboxes nobody consumes (a node died or
+    /// was scaled in) and takes over the ones assigned to it. Default 5s.
+    #[serde(with = "humantime_serde")]
+    pub orphan_check_interval: Duration,
+    /// Forwards of one command between nodes before it waits where it is
+    /// (guards against views that disagree for a moment). Default 4.
+    pub max_forwards: u32,
+    /// Create missing topics at startup (downlink, receipts, presence,
+    /// inbox, dead letters, uplink topics named literally in the rules),
+    /// where the Kafka ACLs allow it. Default true.
+    pub create_topics: bool,
+    /// Partitions of topics Herald creates (the presence topic, the
+    /// downlink and uplink topics); inboxes get one. Default 12.
+    pub topic_partitions: i32,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            node_id: None,
+            session_timeout: Duration::from_secs(30),
+            orphan_check_interval: Duration::from_secs(5),
+            max_forwards: 4,
+            create_topics: true,
+            topic_partitions: 12,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// The configured node id, else the host name.
+    pub fn node_id(&self) -> String {
+        self.node_id.clone().unwrap_or_else(host_name)
+    }
+}
+
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "herald".into())
 }
 
 /// `[kafka.downlink]`: commands from Kafka to devices.
@@ -95,8 +164,6 @@ pub struct PresenceConfig {
     /// Compacted topic (created with cleanup.policy=compact if missing),
     /// keyed by device id. Default `herald.presence`.
     pub topic: String,
-    /// This instance's name in presence events. Default: the host name.
-    pub node: Option<String>,
     /// Presence events waiting in their producer's queue (their own queue,
     /// apart from uplinks). Past it, events are shed and counted in
     /// `herald_presence_events_shed_total`, so connection churn during a
@@ -109,7 +176,6 @@ impl Default for PresenceConfig {
         Self {
             enabled: true,
             topic: "herald.presence".into(),
-            node: None,
             max_queued_events: 10_000,
         }
     }
@@ -129,6 +195,7 @@ impl Default for KafkaConfig {
             dead_letter_max_payload: 64 * 1024,
             downlink: DownlinkConfig::default(),
             presence: PresenceConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -213,5 +280,17 @@ pub(crate) const RESERVED_CONSUMER_OPTIONS: &[(&str, &str)] = &[
     (
         "enable.auto.commit",
         "Herald commits stored offsets every second",
+    ),
+    (
+        "group.instance.id",
+        "Herald sets this itself; use kafka.cluster.node_id",
+    ),
+    (
+        "session.timeout.ms",
+        "Herald sets this itself; use kafka.cluster.session_timeout",
+    ),
+    (
+        "partition.assignment.strategy",
+        "Herald uses cooperative-sticky: all members of a group must agree",
     ),
 ];

@@ -11,19 +11,35 @@
 //! refuses for good go to a dead-letter topic (see `producer`).
 
 mod config;
+mod consumers;
+mod dispatch;
 mod downlink;
 mod health;
 pub mod message_id;
+mod orphans;
 mod presence;
+mod presence_follower;
+mod presence_view;
 mod producer;
 mod rules;
+mod topics;
 
-pub use config::{DownlinkConfig, KafkaConfig, PresenceConfig, UplinkRule, RECORD_MARGIN};
+pub use config::{
+    ClusterConfig, DownlinkConfig, KafkaConfig, PresenceConfig, UplinkRule, RECORD_MARGIN,
+};
 pub use downlink::DownlinkBridge;
 pub use health::KafkaHealth;
 pub use presence::KafkaPresence;
+pub use presence_follower::PresenceFollower;
+pub use presence_view::PresenceView;
 pub use producer::{header, Flusher, KafkaUplinkSink, ProducerRole};
 pub use rules::TopicRules;
+
+/// Checks that the topics a node needs exist, creating the missing ones
+/// where allowed (see `topics`). Gives up after `give_up` without Kafka.
+pub async fn ensure_topics(config: &KafkaConfig, give_up: std::time::Duration) {
+    topics::ensure(config, give_up).await
+}
 
 /// Checks a Kafka configuration without connecting: rules compile, the
 /// pass-through producer options do not override what Herald guarantees,

@@ -5,16 +5,16 @@
 //! counted, never queued without end or in the uplinks' way.
 
 use crate::config::KafkaConfig;
+use crate::presence_view::PresenceView;
 use crate::producer::{create_producer, flush, LogLimiter, ProducerRole};
 use crate::BridgeError;
 use herald_broker::{DisconnectReason, SessionEvents};
 use herald_schemas::v1::{PresenceEvent, PresenceReason};
 use herald_schemas::Message as _;
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Writes presence events with a producer of their own (idempotent,
@@ -25,6 +25,9 @@ pub struct KafkaPresence {
     producer: Option<FutureProducer>,
     topic: String,
     node: String,
+    /// Where each device is, cluster-wide: a disconnect of a connection the
+    /// device already replaced on another node is not written.
+    view: Arc<PresenceView>,
     written: IntCounterVec,
     shed: IntCounter,
     shed_log: LogLimiter,
@@ -37,17 +40,12 @@ pub(crate) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn host_name() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "herald".into())
-}
-
 impl KafkaPresence {
-    pub fn new(config: &KafkaConfig, registry: &Registry) -> Result<Self, BridgeError> {
+    pub fn new(
+        config: &KafkaConfig,
+        view: Arc<PresenceView>,
+        registry: &Registry,
+    ) -> Result<Self, BridgeError> {
         let producer = if config.presence.enabled {
             Some(create_producer(config, ProducerRole::Presence)?)
         } else {
@@ -69,7 +67,8 @@ impl KafkaPresence {
         Ok(Self {
             producer,
             topic: config.presence.topic.clone(),
-            node: config.presence.node.clone().unwrap_or_else(host_name),
+            node: config.cluster.node_id(),
+            view,
             written,
             shed,
             shed_log: LogLimiter::new(Duration::from_secs(10)),
@@ -80,46 +79,6 @@ impl KafkaPresence {
     pub fn flush(&self, timeout: Duration) {
         if let Some(producer) = &self.producer {
             flush(producer, "presence", timeout);
-        }
-    }
-
-    /// Creates the presence topic as a compacted topic if it does not exist.
-    /// Failures are logged: an operator may have created it already, or
-    /// Kafka may not be up yet (then auto-creation makes a plain topic, which
-    /// the log line says).
-    pub async fn ensure_topic(&self, config: &KafkaConfig) {
-        if self.producer.is_none() {
-            return;
-        }
-        // The producer's pass-through options carry the cluster's security settings.
-        let mut admin_config = rdkafka::ClientConfig::new();
-        admin_config.set("bootstrap.servers", &config.bootstrap_servers);
-        herald_kafka::clients::with_options(&mut admin_config, &config.producer_options);
-        let admin: Result<AdminClient<DefaultClientContext>, _> = admin_config.create();
-        let admin = match admin {
-            Ok(admin) => admin,
-            Err(error) => {
-                tracing::warn!(%error, "cannot create a Kafka admin client to check the presence topic");
-                return;
-            }
-        };
-        let topic = NewTopic::new(&self.topic, -1, TopicReplication::Fixed(-1))
-            .set("cleanup.policy", "compact");
-        let options =
-            AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10)));
-        match admin.create_topics([&topic], &options).await {
-            Ok(results) => match results.into_iter().next() {
-                Some(Ok(_)) => {
-                    tracing::info!(topic = %self.topic, "created the compacted presence topic")
-                }
-                Some(Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists))) | None => {}
-                Some(Err((_, code))) => {
-                    tracing::warn!(topic = %self.topic, ?code, "cannot create the compacted presence topic")
-                }
-            },
-            Err(error) => {
-                tracing::warn!(topic = %self.topic, %error, "cannot create the compacted presence topic")
-            }
         }
     }
 
@@ -177,6 +136,9 @@ impl SessionEvents for KafkaPresence {
     }
 
     fn disconnected(&self, client_id: &str, generation: u64, reason: DisconnectReason) {
+        if self.view.held_elsewhere_since(client_id, generation) {
+            return; // the device's latest record is its newer connection's
+        }
         let reason = match reason {
             DisconnectReason::Normal => PresenceReason::Normal,
             DisconnectReason::KeepaliveTimeout => PresenceReason::KeepaliveTimeout,

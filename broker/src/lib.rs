@@ -151,6 +151,27 @@ impl BrokerHandle {
     }
 }
 
+impl BrokerHandle {
+    /// Another node accepted a connection for `client_id` with
+    /// `generation`: if this node's session of that client is older, its
+    /// connection closes (taken over, MQTT 5 reason 0x8E) and the session
+    /// ends here. Downlinks it held settle with no outcome, so their sender
+    /// hands them on. Returns whether a session was ended.
+    pub fn take_over(&self, client_id: &str, generation: u64) -> bool {
+        let shared = &self.shared;
+        let Some(session) = shared.registry.evict_older(client_id, generation) else {
+            return false;
+        };
+        shared.router.remove_session(&session);
+        shared.metrics.sessions.dec();
+        tracing::debug!(
+            client_id,
+            "session taken over by a connection on another node"
+        );
+        true
+    }
+}
+
 trait MinQos {
     fn min_qos(self, other: Self) -> Self;
 }

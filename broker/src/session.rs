@@ -254,24 +254,58 @@ pub(crate) struct Registry {
 
 impl Default for Registry {
     fn default() -> Self {
-        // Generations start at the start time in microseconds, so they keep
-        // increasing across restarts (and roughly across instances), which
-        // lets presence consumers tell a stale event from a newer one.
-        let start = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(0);
+        // Generations follow the wall clock in microseconds, so they keep
+        // increasing across restarts and order connections across nodes,
+        // which lets presence consumers tell a stale event from a newer one.
         Self {
             sessions: DashMap::new(),
-            generations: AtomicU64::new(start),
+            generations: AtomicU64::new(unix_micros()),
         }
     }
 }
 
+fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
 impl Registry {
-    /// Generation number for a CONNECT just read.
+    /// Generation number for a CONNECT just read: a hybrid logical clock,
+    /// the wall clock in microseconds unless that is not past the last one.
+    /// Across nodes (clocks kept in sync by NTP) a connection made later has
+    /// the higher generation, which decides a takeover between nodes.
     pub fn next_generation(&self) -> u64 {
-        self.generations.fetch_add(1, Ordering::Relaxed) + 1
+        let now = unix_micros();
+        let previous = self
+            .generations
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                Some(now.max(last + 1))
+            })
+            .unwrap_or_else(|last| last);
+        now.max(previous + 1)
+    }
+
+    /// Ends the session of `client_id` if its newest connection is older
+    /// than `generation`, a connection accepted by another node: the device
+    /// is there now, so its attached connection here closes (taken over)
+    /// and what was queued is let go of. Returns the ended session.
+    pub fn evict_older(&self, client_id: &str, generation: u64) -> Option<Arc<Session>> {
+        self.sessions
+            .remove_if(client_id, |_, session| {
+                let mut state = session.lock();
+                if state.last_generation >= generation {
+                    return false;
+                }
+                state.discarded = true;
+                state.release_waiters(usize::MAX);
+                if let Some(old) = state.attachment.take() {
+                    old.wake.notify_one();
+                }
+                true
+            })
+            .map(|(_, session)| session)
     }
 
     #[cfg(test)]
@@ -462,6 +496,34 @@ mod tests {
         // The replaced connection's detach must not touch the session.
         assert!(reg.detach(&session, 5).is_none());
         assert!(session.lock().attachment.is_some());
+    }
+
+    #[test]
+    fn generations_increase_and_follow_the_clock() {
+        let reg = Registry::default();
+        let first = reg.next_generation();
+        let second = reg.next_generation();
+        assert!(second > first);
+        assert!(
+            first >= unix_micros() - 60_000_000,
+            "{first} is wall-clock micros"
+        );
+    }
+
+    #[test]
+    fn a_newer_connection_elsewhere_evicts_an_older_session_only() {
+        let reg = Registry::default();
+        let Attached::Ok { session, .. } = attach(&reg, "d", 10, false) else {
+            panic!()
+        };
+        assert!(reg.evict_older("d", 9).is_none(), "ours is newer");
+        assert!(reg.evict_older("d", 10).is_none(), "the same connection");
+        let evicted = reg.evict_older("d", 11).expect("older: evicted");
+        assert!(Arc::ptr_eq(&evicted, &session));
+        let state = session.lock();
+        assert!(state.attachment.is_none() && state.discarded);
+        assert!(reg.session("d").is_none());
+        assert!(reg.evict_older("unknown", 1).is_none());
     }
 
     #[test]

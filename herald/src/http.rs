@@ -1,21 +1,24 @@
 //! HTTP endpoints for operators: `/metrics` (Prometheus text format),
 //! `/healthz` (the process is alive) and `/readyz` (the MQTT listener is up,
-//! Kafka is reachable and the node is not draining).
+//! Kafka is reachable, the presence view has been replayed, and the node is
+//! not draining).
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use herald_bridge::KafkaHealth;
+use herald_bridge::{KafkaHealth, PresenceView};
 use prometheus::{Encoder, TextEncoder};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Clone)]
 struct Probe {
     registry: prometheus::Registry,
     kafka: KafkaHealth,
+    view: Arc<PresenceView>,
     draining: CancellationToken,
 }
 
@@ -24,6 +27,7 @@ pub async fn serve(
     listen: SocketAddr,
     registry: prometheus::Registry,
     kafka: KafkaHealth,
+    view: Arc<PresenceView>,
     draining: CancellationToken,
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
@@ -38,6 +42,7 @@ pub async fn serve(
         .with_state(Probe {
             registry,
             kafka,
+            view,
             draining,
         });
     Ok(tokio::spawn(async move {
@@ -69,9 +74,12 @@ async fn metrics(State(probe): State<Probe>) -> impl IntoResponse {
 async fn ready(State(probe): State<Probe>) -> impl IntoResponse {
     if probe.draining.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-    } else if probe.kafka.is_reachable() {
-        (StatusCode::OK, "ready\n")
-    } else {
+    } else if !probe.kafka.is_reachable() {
         (StatusCode::SERVICE_UNAVAILABLE, "kafka unreachable\n")
+    } else if !probe.view.is_ready() {
+        // Commands cannot be routed before the node knows where devices are.
+        (StatusCode::SERVICE_UNAVAILABLE, "replaying presence\n")
+    } else {
+        (StatusCode::OK, "ready\n")
     }
 }

@@ -6,7 +6,9 @@ mod http;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use config::{HeraldConfig, LogFormat};
-use herald_bridge::{DownlinkBridge, KafkaHealth, KafkaPresence, KafkaUplinkSink};
+use herald_bridge::{
+    DownlinkBridge, KafkaHealth, KafkaPresence, KafkaUplinkSink, PresenceFollower, PresenceView,
+};
 use herald_broker::{Broker, BrokerHooks};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -117,25 +119,49 @@ async fn run(config: HeraldConfig) -> anyhow::Result<()> {
         &registry,
         shutdown.clone(),
     )?;
+    // Where every device is, cluster-wide; filled from the presence topic.
+    let view = Arc::new(PresenceView::new(&config.kafka.cluster.node_id()));
     let presence = Arc::new(
-        KafkaPresence::new(&config.kafka, &registry)
+        KafkaPresence::new(&config.kafka, view.clone(), &registry)
             .context("cannot create the Kafka presence producer")?,
     );
-    {
-        // In the background: an unreachable Kafka must not delay the listeners.
-        let (presence, kafka) = (presence.clone(), config.kafka.clone());
-        tokio::spawn(async move { presence.ensure_topic(&kafka).await });
-    }
     let hooks = BrokerHooks {
         uplinks: sink.clone(),
         session_events: presence.clone(),
     };
     let broker = Broker::start(config.broker.clone(), hooks, &registry, shutdown.clone()).await?;
     let drain = broker.drain_trigger();
+    let follower = if config.kafka.presence.enabled {
+        Some(
+            PresenceFollower::new(
+                &config.kafka,
+                view.clone(),
+                broker.handle(),
+                presence.clone(),
+                &registry,
+            )
+            .context("cannot create the Kafka presence consumer")?,
+        )
+    } else {
+        None
+    };
+    {
+        // In the background: an unreachable Kafka must not delay the listeners.
+        let (kafka, view, shutdown) = (config.kafka.clone(), view.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            herald_bridge::ensure_topics(&kafka, Duration::from_secs(120)).await;
+            match follower {
+                Some(follower) => follower.run(shutdown).await,
+                // Without presence, every device counts as this node's.
+                None => view.set_ready(),
+            }
+        });
+    }
     let downlinks = DownlinkBridge::new(
         &config.kafka,
         &config.broker.auth.topic_prefix,
         broker.handle(),
+        view.clone(),
         &registry,
     )
     .context("cannot create the Kafka downlink consumer")?;
@@ -145,6 +171,7 @@ async fn run(config: HeraldConfig) -> anyhow::Result<()> {
         config.http.listen,
         registry,
         kafka_health,
+        view,
         drain.clone(),
         shutdown.clone(),
     )

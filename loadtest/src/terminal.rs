@@ -230,9 +230,16 @@ impl Terminal {
     }
 
     /// Disconnects cleanly (the persistent session stays on the broker).
-    pub async fn disconnect(self) {
+    /// Disconnects; returns the commands that arrived (and were
+    /// acknowledged) but were not read yet.
+    pub async fn disconnect(mut self) -> Vec<DownlinkCommand> {
         let _ = self.client.disconnect().await;
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.task).await;
+        let mut unread = Vec::new();
+        while let Some(command) = self.next_command(Duration::ZERO).await {
+            unread.push(command);
+        }
+        unread
     }
 }
 

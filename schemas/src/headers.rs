@@ -29,3 +29,8 @@ pub const DEAD_LETTER_KIND: &str = "herald-dead-letter-kind";
 pub const KAFKA_TOPIC: &str = "herald-kafka-topic";
 /// Dead letters: the uplink's payload size in bytes, before truncation.
 pub const ORIGINAL_SIZE: &str = "herald-original-size";
+/// Inbox records (commands one Herald node hands to another): how many
+/// times the command has been forwarded between nodes so far.
+pub const FORWARDS: &str = "herald-forwards";
+/// Inbox records: the node that forwarded the command.
+pub const FORWARDED_BY: &str = "herald-forwarded-by";

@@ -131,16 +131,23 @@ topic = "{topic_prefix}.presence"
         let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
             .args(["run", "--config"])
             .arg(&config_path)
-            .env("RUST_LOG", "info,herald_broker=debug")
-            .stdout(Stdio::null())
+            .env("RUST_LOG", "info,herald_broker=debug,herald_bridge=debug")
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("herald starts");
-        // Forward Herald's log to the test output (shown on failure).
+        // Forward Herald's log (stdout) and errors to the test output (shown on failure).
+        let port = mqtt.port();
+        let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
         std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                eprintln!("[herald :{port}] {line}");
+            }
+        });
+        std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[herald] {line}");
+                eprintln!("[herald :{port}] {line}");
             }
         });
         let herald = Herald {

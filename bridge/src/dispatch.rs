@@ -1,0 +1,437 @@
+//! What happens to one command: it is handed to the device where the device
+//! is. Connected here, offline or unknown, it goes to this node's broker
+//! (which holds it for an offline device until it subscribes). Connected to
+//! another node, it is forwarded to that node's inbox topic, and once Kafka
+//! acknowledged the forward, this node is done with it. A command waiting
+//! here whose device connects to another node is forwarded then.
+//!
+//! A command that ends here ends with exactly one receipt: delivered (the
+//! device's PUBACK), expired, or refused. The caller stores its offset only
+//! once that receipt (or the forward) is acknowledged by Kafka.
+
+use crate::presence::now_ms;
+use crate::presence_view::{Location, PresenceView};
+use herald_broker::{BrokerHandle, DeliveryOutcome, DeliveryTicket, Downlink};
+use herald_schemas::headers;
+use herald_schemas::v1::{
+    CommandKind, DeliveryOutcome as ReceiptOutcome, DeliveryReceipt, DownlinkCommand,
+};
+use herald_schemas::Message as _;
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// Settings of the dispatcher, from `[kafka.downlink]` and `[kafka.cluster]`.
+pub(crate) struct DispatchSettings {
+    pub topic_prefix: String,
+    pub receipts_topic: String,
+    /// `<downlink topic>.inbox.`; a node's inbox is this and its id.
+    pub inbox_prefix: String,
+    pub default_ttl: Duration,
+    pub max_forwards: u32,
+}
+
+/// Routes commands and writes their receipts.
+pub(crate) struct Dispatcher {
+    /// Receipts and forwards: their own producer, apart from uplinks.
+    producer: FutureProducer,
+    handle: BrokerHandle,
+    view: Arc<PresenceView>,
+    settings: DispatchSettings,
+    metrics: Metrics,
+}
+
+struct Metrics {
+    outcomes: IntCounterVec,
+    forwards: IntCounterVec,
+    pub(crate) inflight: IntGauge,
+    latency: Histogram,
+}
+
+/// How a command ended on this node.
+pub(crate) enum Settled {
+    /// Here, with this receipt (to be written).
+    Receipt(DeliveryReceipt),
+    /// Forwarded to another node's inbox, acknowledged by Kafka.
+    Forwarded,
+    /// Shutdown came first: left for redelivery.
+    Abandoned,
+}
+
+/// A command on its way: decided synchronously, in partition order.
+pub(crate) enum Pending {
+    Done(DeliveryReceipt),
+    Routed(Box<Routed>),
+}
+
+pub(crate) struct Routed {
+    command: DownlinkCommand,
+    downlink: Downlink,
+    payload: Vec<u8>,
+    expires_at_ms: i64,
+    forwards: u32,
+    watcher: Arc<tokio::sync::Notify>,
+    /// `None` only while being replaced.
+    step: Option<Step>,
+}
+
+enum Step {
+    /// In this node's broker.
+    Waiting(DeliveryTicket),
+    /// Queued for another node's inbox.
+    Forwarding(DeliveryFuture),
+}
+
+impl Dispatcher {
+    pub(crate) fn new(
+        producer: FutureProducer,
+        handle: BrokerHandle,
+        view: Arc<PresenceView>,
+        settings: DispatchSettings,
+        registry: &Registry,
+    ) -> Result<Self, prometheus::Error> {
+        let metrics = Metrics {
+            outcomes: IntCounterVec::new(
+                Opts::new(
+                    "herald_downlinks_total",
+                    "Downlink commands settled, by outcome.",
+                ),
+                &["outcome"],
+            )?,
+            forwards: IntCounterVec::new(
+                Opts::new(
+                    "herald_cluster_forwards_total",
+                    "Commands forwarded to another node's inbox, by result (ok, retried).",
+                ),
+                &["result"],
+            )?,
+            inflight: IntGauge::new(
+                "herald_downlinks_inflight",
+                "Downlink commands handed to devices and not settled.",
+            )?,
+            latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "herald_downlink_delivery_seconds",
+                    "From a command's creation to the device's PUBACK.",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0,
+                ]),
+            )?,
+        };
+        registry.register(Box::new(metrics.outcomes.clone()))?;
+        registry.register(Box::new(metrics.forwards.clone()))?;
+        registry.register(Box::new(metrics.inflight.clone()))?;
+        registry.register(Box::new(metrics.latency.clone()))?;
+        Ok(Self {
+            producer,
+            handle,
+            view,
+            settings,
+            metrics,
+        })
+    }
+
+    pub(crate) fn producer(&self) -> &FutureProducer {
+        &self.producer
+    }
+
+    pub(crate) fn inflight(&self) -> &IntGauge {
+        &self.metrics.inflight
+    }
+
+    /// Decodes a command and sends it on its way: to this node's broker or
+    /// to another node's inbox. Synchronous, so commands keep their order.
+    pub(crate) fn start(&self, message: &OwnedMessage) -> Pending {
+        let key = message.key().unwrap_or_default();
+        let payload = message.payload().unwrap_or_default();
+        let now = now_ms();
+        let command = match DownlinkCommand::decode(payload) {
+            Ok(command) => command,
+            Err(error) => {
+                return Pending::Done(DeliveryReceipt {
+                    device_id: String::from_utf8_lossy(key).into_owned(),
+                    outcome: ReceiptOutcome::Refused as i32,
+                    reason: format!("undecodable command: {error}"),
+                    at_ms: now,
+                    ..Default::default()
+                })
+            }
+        };
+        let expires_at_ms = match command.expires_at_ms {
+            0 => (if command.created_at_ms > 0 {
+                command.created_at_ms
+            } else {
+                now
+            })
+            .saturating_add(self.settings.default_ttl.as_millis() as i64),
+            at => at,
+        };
+        if expires_at_ms <= now {
+            return Pending::Done(receipt(
+                &command,
+                ReceiptOutcome::Expired,
+                "expired before delivery".into(),
+                now,
+            ));
+        }
+        let kind = match command.kind() {
+            CommandKind::Announce => "announce",
+            CommandKind::PrintChunk => "print",
+            CommandKind::Display => "display",
+            CommandKind::Unspecified => "command",
+        };
+        let downlink = Downlink {
+            device_id: command.device_id.clone(),
+            topic: format!(
+                "{}/{}/down/{kind}",
+                self.settings.topic_prefix, command.device_id
+            ),
+            payload: payload.to_vec().into(),
+            expires_at: Some(UNIX_EPOCH + Duration::from_millis(expires_at_ms.max(0) as u64)),
+        };
+        let forwards = message
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == headers::FORWARDS))
+            .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
+            .unwrap_or(0);
+        // Watched before it is located, so that no move goes unnoticed.
+        let watcher = self.view.watch(&command.device_id);
+        let mut routed = Routed {
+            command,
+            downlink,
+            payload: payload.to_vec(),
+            expires_at_ms,
+            forwards,
+            watcher,
+            step: None,
+        };
+        routed.step = Some(self.route(&routed));
+        Pending::Routed(Box::new(routed))
+    }
+
+    /// Where the command goes now.
+    fn route(&self, routed: &Routed) -> Step {
+        match self.destination(routed) {
+            Some(node) => match self.forward(routed, &node) {
+                Some(delivery) => Step::Forwarding(delivery),
+                // The forward producer's queue is full: deliver from here.
+                None => Step::Waiting(self.handle.deliver(routed.downlink.clone())),
+            },
+            None => Step::Waiting(self.handle.deliver(routed.downlink.clone())),
+        }
+    }
+
+    /// The node to forward to, if the device is connected to another one.
+    fn destination(&self, routed: &Routed) -> Option<Arc<str>> {
+        match self.view.locate(&routed.command.device_id) {
+            Location::Node(node) if routed.forwards < self.settings.max_forwards => Some(node),
+            _ => None,
+        }
+    }
+
+    fn forward(&self, routed: &Routed, node: &str) -> Option<DeliveryFuture> {
+        let topic = format!("{}{node}", self.settings.inbox_prefix);
+        let forwards = (routed.forwards + 1).to_string();
+        let record = FutureRecord::to(&topic)
+            .key(&routed.command.device_id)
+            .payload(&routed.payload)
+            .headers(
+                OwnedHeaders::new()
+                    .insert(Header {
+                        key: headers::FORWARDS,
+                        value: Some(&forwards),
+                    })
+                    .insert(Header {
+                        key: headers::FORWARDED_BY,
+                        value: Some(self.view.node().as_ref()),
+                    }),
+            );
+        match self.producer.send_result(record) {
+            Ok(delivery) => Some(delivery),
+            Err((error, _)) => {
+                self.metrics.forwards.with_label_values(&["retried"]).inc();
+                debug!(%error, node, "forward not queued");
+                None
+            }
+        }
+    }
+
+    /// Waits for the command's end on this node: its outcome here, or its
+    /// forward acknowledged. A command whose device connects to another
+    /// node meanwhile is forwarded there; a downlink the broker let go of
+    /// (its session ended) is routed again.
+    pub(crate) async fn settle(&self, pending: Pending, shutdown: &CancellationToken) -> Settled {
+        let mut routed = match pending {
+            Pending::Done(receipt) => return Settled::Receipt(receipt),
+            Pending::Routed(routed) => routed,
+        };
+        let settled = self.follow(&mut routed, shutdown).await;
+        let Routed {
+            command, watcher, ..
+        } = *routed;
+        self.view.unwatch(&command.device_id, watcher);
+        settled
+    }
+
+    async fn follow(&self, routed: &mut Routed, shutdown: &CancellationToken) -> Settled {
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis((routed.expires_at_ms - now_ms()).max(0) as u64);
+        let expired = || {
+            Settled::Receipt(receipt(
+                &routed.command,
+                ReceiptOutcome::Expired,
+                "expired before the device acknowledged".into(),
+                now_ms(),
+            ))
+        };
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let watcher = routed.watcher.clone();
+            let mut moved = pin!(watcher.notified());
+            moved.as_mut().enable();
+            let step = match routed.step.take() {
+                Some(step) => step,
+                None => self.route(routed),
+            };
+            match step {
+                Step::Forwarding(delivery) => match delivery.await {
+                    Ok(Ok(_)) => {
+                        self.metrics.forwards.with_label_values(&["ok"]).inc();
+                        return Settled::Forwarded;
+                    }
+                    failure => {
+                        self.metrics.forwards.with_label_values(&["retried"]).inc();
+                        let error = match failure {
+                            Ok(Err((error, _))) => error.to_string(),
+                            _ => "producer shut down".into(),
+                        };
+                        warn!(command_id = %routed.command.command_id, %error, "forward not written; routing again");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return Settled::Abandoned,
+                            _ = tokio::time::sleep_until(deadline) => return expired(),
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                },
+                Step::Waiting(mut ticket) => {
+                    tokio::select! {
+                        outcome = &mut ticket => {
+                            if let Some(outcome) = outcome {
+                                return Settled::Receipt(self.outcome_receipt(&routed.command, outcome));
+                            }
+                            // Let go of by the broker (its session ended): route again.
+                        }
+                        // Dropping the ticket tells the broker not to send it any more.
+                        _ = tokio::time::sleep_until(deadline) => return expired(),
+                        _ = &mut moved => {
+                            if self.destination(routed).is_none() {
+                                routed.step = Some(Step::Waiting(ticket));
+                                continue;
+                            }
+                            debug!(device_id = %routed.command.device_id, "device moved: forwarding its waiting command");
+                        }
+                    }
+                }
+            }
+            routed.step = Some(self.route(routed));
+        }
+    }
+
+    fn outcome_receipt(
+        &self,
+        command: &DownlinkCommand,
+        outcome: DeliveryOutcome,
+    ) -> DeliveryReceipt {
+        let now = now_ms();
+        let (outcome, reason) = match outcome {
+            DeliveryOutcome::Acknowledged => {
+                if command.created_at_ms > 0 {
+                    let latency = (now - command.created_at_ms).max(0) as f64 / 1000.0;
+                    self.metrics.latency.observe(latency);
+                }
+                (ReceiptOutcome::Delivered, String::new())
+            }
+            DeliveryOutcome::Expired => (
+                ReceiptOutcome::Expired,
+                "expired before the device acknowledged".into(),
+            ),
+            DeliveryOutcome::Refused(refusal) => (ReceiptOutcome::Refused, refusal.as_str().into()),
+        };
+        receipt(command, outcome, reason, now)
+    }
+
+    /// Writes a receipt, retrying until Kafka acknowledges it; while the
+    /// producer's queue is full, waits for room. Returns false if shutdown
+    /// came first.
+    pub(crate) async fn write_receipt(
+        &self,
+        receipt: &DeliveryReceipt,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let label = match receipt.outcome() {
+            ReceiptOutcome::Delivered => "delivered",
+            ReceiptOutcome::Expired => "expired",
+            ReceiptOutcome::Refused => "refused",
+            ReceiptOutcome::Unspecified => "unspecified",
+        };
+        self.metrics.outcomes.with_label_values(&[label]).inc();
+        let payload = receipt.encode_to_vec();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let record = FutureRecord::to(&self.settings.receipts_topic)
+                .key(&receipt.device_id)
+                .payload(&payload);
+            let failure = match self.producer.send_result(record) {
+                Ok(delivery) => match delivery.await {
+                    Ok(Ok(_)) => return true,
+                    Ok(Err((error, _))) => Some(error.to_string()),
+                    Err(_canceled) => Some("producer shut down".to_string()),
+                },
+                // Full: wait for room, without backing off or warning.
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => None,
+                Err((error, _)) => Some(error.to_string()),
+            };
+            let pause = match failure {
+                None => Duration::from_millis(20),
+                Some(error) => {
+                    warn!(command_id = %receipt.command_id, %error, "receipt not written; retrying");
+                    let pause = backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    pause
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+}
+
+fn receipt(
+    command: &DownlinkCommand,
+    outcome: ReceiptOutcome,
+    reason: String,
+    now: i64,
+) -> DeliveryReceipt {
+    DeliveryReceipt {
+        command_id: command.command_id.clone(),
+        device_id: command.device_id.clone(),
+        outcome: outcome as i32,
+        reason,
+        latency_ms: if command.created_at_ms > 0 {
+            now - command.created_at_ms
+        } else {
+            0
+        },
+        at_ms: now,
+    }
+}

@@ -1,0 +1,154 @@
+//! The topics a node needs, checked at startup: each is reported as
+//! present, created (where `kafka.cluster.create_topics` is on and the ACLs
+//! allow it, with the partitions and cleanup policy it needs), or missing,
+//! with what to create. A node does not subscribe before this check ended,
+//! so a fresh Kafka never sees it fail on a topic nobody created yet.
+
+use crate::consumers::inbox_topic;
+use crate::rules::legal_kafka_topic;
+use crate::KafkaConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::types::RDKafkaErrorCode;
+use std::time::Duration;
+use tracing::{error, info};
+
+/// A topic Herald uses, and how to create it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NeededTopic {
+    pub name: String,
+    pub partitions: i32,
+    pub compacted: bool,
+    /// What it is for, in the log.
+    pub role: &'static str,
+}
+
+/// Every topic this node reads or writes, by configuration.
+pub(crate) fn needed(config: &KafkaConfig) -> Vec<NeededTopic> {
+    let partitions = config.cluster.topic_partitions.max(1);
+    let topic = |name: &str, partitions: i32, compacted: bool, role: &'static str| NeededTopic {
+        name: name.to_string(),
+        partitions,
+        compacted,
+        role,
+    };
+    let mut topics = Vec::new();
+    for rule in &config.uplink_rules {
+        // A topic named by a capture ({kind}) is only known per uplink.
+        if legal_kafka_topic(&rule.kafka_topic) {
+            topics.push(topic(&rule.kafka_topic, partitions, false, "uplinks"));
+        }
+    }
+    topics.push(topic(
+        &config.dead_letter_topic,
+        partitions,
+        false,
+        "uplink dead letters",
+    ));
+    if config.downlink.enabled {
+        topics.push(topic(&config.downlink.topic, partitions, false, "commands"));
+        topics.push(topic(
+            &config.downlink.receipts_topic,
+            partitions,
+            false,
+            "receipts",
+        ));
+        let inbox = inbox_topic(config, &config.cluster.node_id());
+        topics.push(topic(&inbox, 1, false, "this node's inbox"));
+    }
+    if config.presence.enabled {
+        topics.push(topic(&config.presence.topic, partitions, true, "presence"));
+    }
+    topics.dedup_by(|a, b| a.name == b.name);
+    topics
+}
+
+/// Creates what is missing and says what could not be. Returns once Kafka
+/// answered (retrying while it is unreachable), or at `give_up`.
+pub(crate) async fn ensure(config: &KafkaConfig, give_up: Duration) {
+    let topics = needed(config);
+    if !config.cluster.create_topics {
+        info!(topics = ?topics.iter().map(|t| &t.name).collect::<Vec<_>>(), "not creating topics (kafka.cluster.create_topics = false); they must exist");
+        return;
+    }
+    // The producers' pass-through options carry the cluster's security settings.
+    let mut admin_config = rdkafka::ClientConfig::new();
+    admin_config.set("bootstrap.servers", &config.bootstrap_servers);
+    herald_kafka::clients::with_options(&mut admin_config, &config.producer_options);
+    let admin: AdminClient<DefaultClientContext> = match admin_config.create() {
+        Ok(admin) => admin,
+        Err(e) => {
+            error!(error = %e, "cannot create a Kafka admin client to check the topics");
+            return;
+        }
+    };
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| {
+            let topic = NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(-1));
+            if t.compacted {
+                topic.set("cleanup.policy", "compact")
+            } else {
+                topic
+            }
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let deadline = tokio::time::Instant::now() + give_up;
+    let results = loop {
+        match admin.create_topics(&new_topics, &options).await {
+            Ok(results) => break results,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                info!(error = %e, "Kafka not reachable yet to check the topics; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => {
+                error!(error = %e, "cannot check the topics Herald needs");
+                return;
+            }
+        }
+    };
+    for (topic, result) in topics.iter().zip(results) {
+        match result {
+            Ok(_) => {
+                info!(topic = %topic.name, role = topic.role, partitions = topic.partitions, compacted = topic.compacted, "created topic")
+            }
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => error!(
+                topic = %topic.name,
+                role = topic.role,
+                ?code,
+                "topic missing and cannot be created: create it with {} partitions{}",
+                topic.partitions,
+                if topic.compacted { " and cleanup.policy=compact" } else { "" }
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_topic_a_node_uses() {
+        let mut config = KafkaConfig::default();
+        config.cluster.node_id = Some("herald-0".into());
+        let topics = needed(&config);
+        let names: Vec<&str> = topics.iter().map(|t| t.name.as_str()).collect();
+        assert!(names.contains(&"herald.uplink.scan"));
+        assert!(names.contains(&"herald.downlink.inbox.herald-0"));
+        let presence = topics.iter().find(|t| t.name == "herald.presence").unwrap();
+        assert!(presence.compacted);
+        let inbox = topics
+            .iter()
+            .find(|t| t.role == "this node's inbox")
+            .unwrap();
+        assert_eq!(inbox.partitions, 1);
+        config.presence.enabled = false;
+        config.downlink.enabled = false;
+        assert!(needed(&config)
+            .iter()
+            .all(|t| !t.compacted && t.role != "commands"));
+    }
+}

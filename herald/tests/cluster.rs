@@ -1,0 +1,316 @@
+//! Three Herald nodes on one Kafka: commands reach each device on whatever
+//! node it is connected to (forwarded through the nodes' inbox topics),
+//! including devices that were offline and devices that move between nodes
+//! while commands flow; and a node killed with SIGKILL under downlink load
+//! loses no command: its devices reconnect to the others, which take over
+//! its partitions and its inbox.
+
+mod common;
+
+use common::{consume, kafka, unique, Herald};
+use herald_loadtest::terminal::{Terminal, TerminalOptions};
+use herald_schemas::v1::*;
+use herald_schemas::Message as _;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// `count` nodes sharing one set of topics, each with its own node id.
+fn start_nodes(bootstrap: &str, prefix: &str, count: usize) -> Vec<Herald> {
+    let nodes: Vec<Herald> = (0..count)
+        .map(|i| start_node(bootstrap, prefix, i, common::free_port()))
+        .collect();
+    for node in &nodes {
+        node.wait_ready();
+    }
+    nodes
+}
+
+fn start_node(bootstrap: &str, prefix: &str, index: usize, port: u16) -> Herald {
+    // A dead node's partitions move after 6 s; orphaned inboxes are looked
+    // for every second.
+    let extra = format!(
+        "# kafka\ncluster = {{ node_id = \"node-{index}\", session_timeout = \"6s\", orphan_check_interval = \"1s\" }}\n"
+    );
+    Herald::start_with(bootstrap, &extra, prefix, port)
+}
+
+async fn terminal(node: &Herald, device_id: &str) -> Terminal {
+    let options = TerminalOptions::new(
+        "127.0.0.1",
+        node.mqtt.port(),
+        device_id,
+        Some(node.password(device_id)),
+    );
+    Terminal::connect(options).await.expect("terminal connects")
+}
+
+struct Commands {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl Commands {
+    fn new(bootstrap: &str, topic: String) -> Self {
+        let producer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .create()
+            .unwrap();
+        Self { producer, topic }
+    }
+
+    /// Produces commands `<device>:<i>` for i in `range`, keyed by device.
+    async fn send(&self, device: &str, range: std::ops::Range<usize>) -> Vec<String> {
+        let mut ids = Vec::new();
+        for i in range {
+            let command = DownlinkCommand {
+                command_id: format!("{device}:{i}"),
+                device_id: device.into(),
+                kind: CommandKind::Announce as i32,
+                payload: Announcement {
+                    text: format!("command {i}"),
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+                created_at_ms: now_ms(),
+                expires_at_ms: now_ms() + 600_000,
+            };
+            let payload = command.encode_to_vec();
+            let record = FutureRecord::to(&self.topic).key(device).payload(&payload);
+            self.producer
+                .send(record, Duration::from_secs(30))
+                .await
+                .map_err(|(e, _)| e)
+                .expect("command produced");
+            ids.push(command.command_id);
+        }
+        ids
+    }
+}
+
+/// Receives until every id in `want` arrived at `terminal`.
+async fn receive_all(terminal: &mut Terminal, want: &[String], received: &mut HashSet<String>) {
+    while !want.iter().all(|id| received.contains(id)) {
+        let command = terminal
+            .next_command(Duration::from_secs(90))
+            .await
+            .unwrap_or_else(|| {
+                let missing: Vec<_> = want.iter().filter(|id| !received.contains(*id)).collect();
+                panic!(
+                    "{}: commands never arrived: {missing:?}",
+                    terminal.device_id
+                )
+            });
+        received.insert(command.command_id);
+    }
+}
+
+/// Reads receipts until every command in `ids` has a delivered one;
+/// returns the receipts per command.
+async fn delivered_receipts(
+    bootstrap: &str,
+    topic: &str,
+    ids: &HashSet<String>,
+) -> HashMap<String, Vec<DeliveryReceipt>> {
+    let mut by_command: HashMap<String, Vec<DeliveryReceipt>> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        by_command.clear();
+        for record in consume(bootstrap, topic, usize::MAX, Duration::from_secs(5)).await {
+            let receipt = DeliveryReceipt::decode(&record.payload[..]).expect("a receipt");
+            by_command
+                .entry(receipt.command_id.clone())
+                .or_default()
+                .push(receipt);
+        }
+        let delivered = ids
+            .iter()
+            .filter(|id| {
+                by_command.get(*id).is_some_and(|receipts| {
+                    receipts
+                        .iter()
+                        .any(|r| r.outcome() == herald_schemas::v1::DeliveryOutcome::Delivered)
+                })
+            })
+            .count();
+        if delivered == ids.len() {
+            return by_command;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{delivered} of {} commands have a delivered receipt",
+            ids.len()
+        );
+    }
+}
+
+/// Every receipt of every command says delivered; returns the duplicates.
+fn check_receipts(
+    by_command: &HashMap<String, Vec<DeliveryReceipt>>,
+    ids: &HashSet<String>,
+) -> usize {
+    let mut duplicates = 0;
+    for id in ids {
+        let receipts = &by_command[id];
+        for receipt in receipts {
+            assert_eq!(
+                receipt.outcome(),
+                herald_schemas::v1::DeliveryOutcome::Delivered,
+                "{id}: {receipt:?}"
+            );
+        }
+        if receipts.len() > 1 {
+            eprintln!("{id}: {} receipts", receipts.len());
+        }
+        duplicates += receipts.len() - 1;
+    }
+    duplicates
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn commands_find_devices_on_any_node_offline_or_moving() {
+    let bootstrap = kafka();
+    let prefix = unique("cl");
+    let nodes = start_nodes(&bootstrap, &prefix, 3);
+    let commands = Commands::new(&bootstrap, format!("{prefix}.downlink"));
+    let mut all_ids = HashSet::new();
+
+    // Devices connected to each node.
+    let mut connected = Vec::new();
+    for i in 0..6 {
+        let device = format!("cl-dev-{i}");
+        connected.push((device.clone(), terminal(&nodes[i % 3], &device).await));
+    }
+    for (device, _) in &connected {
+        all_ids.extend(commands.send(device, 0..10).await);
+    }
+    for (device, terminal) in &mut connected {
+        let want: Vec<String> = (0..10).map(|i| format!("{device}:{i}")).collect();
+        receive_all(terminal, &want, &mut HashSet::new()).await;
+    }
+
+    // Offline devices: their commands wait until they connect (to node 2).
+    for device in ["cl-off-0", "cl-off-1"] {
+        all_ids.extend(commands.send(device, 0..10).await);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for device in ["cl-off-0", "cl-off-1"] {
+        let mut terminal = terminal(&nodes[2], device).await;
+        let want: Vec<String> = (0..10).map(|i| format!("{device}:{i}")).collect();
+        receive_all(&mut terminal, &want, &mut HashSet::new()).await;
+    }
+
+    // A device moving 0 → 1 → 2 while commands flow.
+    let mover = "cl-mover";
+    let mut received = HashSet::new();
+    let mut on_node = terminal(&nodes[0], mover).await;
+    let first = commands.send(mover, 0..5).await;
+    receive_all(&mut on_node, &first, &mut received).await;
+    received.extend(on_node.disconnect().await.into_iter().map(|c| c.command_id));
+    let offline = commands.send(mover, 5..10).await;
+    let mut on_node = terminal(&nodes[1], mover).await;
+    receive_all(&mut on_node, &offline, &mut received).await;
+    // Mid-stream: commands produced while the device leaves node 1 for node 2.
+    let sending = {
+        let commands = Commands::new(&bootstrap, format!("{prefix}.downlink"));
+        tokio::spawn(async move { commands.send(mover, 10..40).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    received.extend(on_node.disconnect().await.into_iter().map(|c| c.command_id));
+    let mut on_node = terminal(&nodes[2], mover).await;
+    let streamed = sending.await.unwrap();
+    let pending: Vec<String> = streamed
+        .iter()
+        .filter(|id| !received.contains(*id))
+        .cloned()
+        .collect();
+    receive_all(&mut on_node, &pending, &mut received).await;
+    all_ids.extend(first);
+    all_ids.extend(offline);
+    all_ids.extend(streamed);
+
+    let receipts = delivered_receipts(&bootstrap, &format!("{prefix}.receipts"), &all_ids).await;
+    let duplicates = check_receipts(&receipts, &all_ids);
+    let forwarded: f64 = nodes
+        .iter()
+        .map(|n| n.metric("herald_cluster_forwards_total{result=\"ok\"}"))
+        .sum();
+    eprintln!(
+        "{} commands delivered over 3 nodes, {forwarded} forwards, {duplicates} duplicate receipts",
+        all_ids.len()
+    );
+    assert!(
+        forwarded > 0.0,
+        "commands for devices on other nodes were forwarded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_killed_under_downlink_load_loses_no_command() {
+    let bootstrap = kafka();
+    let prefix = unique("ck");
+    let mut nodes = start_nodes(&bootstrap, &prefix, 3);
+    let devices: Vec<String> = (0..6).map(|i| format!("ck-dev-{i}")).collect();
+    let mut terminals = Vec::new();
+    for (i, device) in devices.iter().enumerate() {
+        terminals.push(Some(terminal(&nodes[i % 3], device).await));
+    }
+    const PER_DEVICE: usize = 40;
+    let sending = {
+        let commands = Commands::new(&bootstrap, format!("{prefix}.downlink"));
+        let devices = devices.clone();
+        tokio::spawn(async move {
+            let mut ids = HashSet::new();
+            for batch in 0..(PER_DEVICE / 5) {
+                for device in &devices {
+                    ids.extend(commands.send(device, batch * 5..batch * 5 + 5).await);
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            ids
+        })
+    };
+    let mut received: Vec<HashSet<String>> = vec![HashSet::new(); devices.len()];
+    // Let commands flow, then kill node 0 mid-stream.
+    while received.iter().map(HashSet::len).sum::<usize>() < devices.len() * PER_DEVICE / 4 {
+        for (i, terminal) in terminals.iter_mut().enumerate() {
+            if let Some(command) = terminal
+                .as_mut()
+                .unwrap()
+                .next_command(Duration::from_millis(50))
+                .await
+            {
+                received[i].insert(command.command_id);
+            }
+        }
+    }
+    nodes[0].crash();
+    eprintln!("killed node-0 with SIGKILL");
+    // Its devices reconnect to the others, as behind a load balancer.
+    for i in (0..devices.len()).filter(|i| i % 3 == 0) {
+        terminals[i] = None;
+        terminals[i] = Some(terminal(&nodes[1 + i % 2], &devices[i]).await);
+    }
+    let ids = sending.await.unwrap();
+    for (i, device) in devices.iter().enumerate() {
+        let want: Vec<String> = ids
+            .iter()
+            .filter(|id| id.starts_with(&format!("{device}:")))
+            .cloned()
+            .collect();
+        receive_all(terminals[i].as_mut().unwrap(), &want, &mut received[i]).await;
+    }
+    let receipts = delivered_receipts(&bootstrap, &format!("{prefix}.receipts"), &ids).await;
+    let duplicates = check_receipts(&receipts, &ids);
+    eprintln!(
+        "{} commands: 0 lost, {duplicates} duplicate receipts after the kill",
+        ids.len()
+    );
+}
