@@ -19,6 +19,11 @@ pub struct KafkaConfig {
     /// How often Kafka's reachability is checked for `/readyz`. Default 5s.
     #[serde(with = "humantime_serde")]
     pub healthcheck_interval: Duration,
+    /// How often each Kafka client reports librdkafka statistics, exported
+    /// as `herald_kafka_*` metrics (queue depth, broker round trip, consumer
+    /// lag); 0s turns them off. Default 5s.
+    #[serde(with = "humantime_serde")]
+    pub statistics_interval: Duration,
     /// Rules mapping MQTT uplink topics to Kafka topics, tried in order.
     /// Default: the four terminal uplinks, see [`UplinkRule::defaults`].
     pub uplink_rules: Vec<UplinkRule>,
@@ -188,6 +193,7 @@ impl Default for KafkaConfig {
             client_id: "herald".into(),
             delivery_timeout: Duration::from_secs(30),
             healthcheck_interval: Duration::from_secs(5),
+            statistics_interval: herald_kafka::stats::DEFAULT_STATISTICS_INTERVAL,
             uplink_rules: UplinkRule::defaults(),
             producer_options: PassThrough::default(),
             consumer_options: PassThrough::default(),
@@ -259,6 +265,10 @@ pub(crate) const RESERVED_PRODUCER_OPTIONS: &[(&str, &str)] = &[
         "Herald sets this itself; use kafka.delivery_timeout",
     ),
     ("enable.idempotence", "Herald always produces idempotently"),
+    (
+        "statistics.interval.ms",
+        "Herald sets this itself; use kafka.statistics_interval",
+    ),
     ("acks", "Herald always uses acks=all"),
     ("request.required.acks", "Herald always uses acks=all"),
 ];
@@ -288,6 +298,10 @@ pub(crate) const RESERVED_CONSUMER_OPTIONS: &[(&str, &str)] = &[
     (
         "session.timeout.ms",
         "Herald sets this itself; use kafka.cluster.session_timeout",
+    ),
+    (
+        "statistics.interval.ms",
+        "Herald sets this itself; use kafka.statistics_interval",
     ),
     (
         "partition.assignment.strategy",

@@ -12,7 +12,28 @@ use crate::config::{KafkaConfig, RESERVED_CONSUMER_OPTIONS};
 use crate::BridgeError;
 use herald_kafka::clients::{at_least_once_consumer, with_options};
 use herald_kafka::options::check_reserved;
+use herald_kafka::stats::{with_statistics, KafkaStatsMetrics, StatsContext};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::ClientConfig;
+
+/// A Herald consumer: its librdkafka statistics become `herald_kafka_*` metrics.
+pub(crate) type Consumer = StreamConsumer<StatsContext>;
+
+/// Creates the consumer for `role` (not yet subscribed or assigned).
+pub(crate) fn create_consumer(
+    config: &KafkaConfig,
+    role: ConsumerRole<'_>,
+    stats: &KafkaStatsMetrics,
+) -> Result<Consumer, BridgeError> {
+    let label = match role {
+        ConsumerRole::Downlink => "downlink".to_string(),
+        ConsumerRole::Inbox => "inbox".to_string(),
+        ConsumerRole::Adopted(node) => format!("adopted-{node}"),
+        ConsumerRole::PresenceView => "presence-view".to_string(),
+    };
+    let context = StatsContext::new(stats.clone(), label);
+    Ok(consumer_config(config, role)?.create_with_context(context)?)
+}
 
 /// Which consumer of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +134,7 @@ pub(crate) fn consumer_config(
             client
         }
     };
+    with_statistics(&mut client, config.statistics_interval);
     with_options(&mut client, &config.consumer_options);
     Ok(client)
 }

@@ -11,6 +11,7 @@
 
 use crate::presence::now_ms;
 use crate::presence_view::{Location, PresenceView};
+use crate::producer::HeraldProducer;
 use herald_broker::{BrokerHandle, DeliveryOutcome, DeliveryTicket, Downlink};
 use herald_schemas::headers;
 use herald_schemas::v1::{
@@ -20,7 +21,7 @@ use herald_schemas::Message as _;
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureRecord};
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -40,7 +41,7 @@ pub(crate) struct DispatchSettings {
 /// Routes commands and writes their receipts.
 pub(crate) struct Dispatcher {
     /// Receipts and forwards: their own producer, apart from uplinks.
-    producer: FutureProducer,
+    producer: HeraldProducer,
     handle: BrokerHandle,
     view: Arc<PresenceView>,
     settings: DispatchSettings,
@@ -90,7 +91,7 @@ enum Step {
 
 impl Dispatcher {
     pub(crate) fn new(
-        producer: FutureProducer,
+        producer: HeraldProducer,
         handle: BrokerHandle,
         view: Arc<PresenceView>,
         settings: DispatchSettings,
@@ -138,7 +139,7 @@ impl Dispatcher {
         })
     }
 
-    pub(crate) fn producer(&self) -> &FutureProducer {
+    pub(crate) fn producer(&self) -> &HeraldProducer {
         &self.producer
     }
 

@@ -18,69 +18,26 @@
 //! inbox).
 
 use crate::config::KafkaConfig;
-use crate::consumers::{consumer_config, inbox_topic, inbox_topic_prefix, ConsumerRole};
+use crate::consumers::{
+    consumer_config, create_consumer, inbox_topic, inbox_topic_prefix, Consumer as CommandConsumer,
+    ConsumerRole,
+};
 use crate::dispatch::{DispatchSettings, Dispatcher, Settled};
 use crate::orphans::OrphanInboxes;
 use crate::presence_view::PresenceView;
 use crate::producer::{create_producer, Flusher, ProducerRole};
 use crate::BridgeError;
 use herald_broker::BrokerHandle;
+use herald_kafka::stats::KafkaStatsMetrics;
+use herald_kafka::watermark::{self, OffsetWatermark};
 use prometheus::Registry;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer as _};
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
-use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-
-/// Offsets of one consumer's partitions: which are in flight, and how far
-/// every earlier one is handled.
-#[derive(Default)]
-pub(crate) struct OffsetTracker {
-    partitions: HashMap<(String, i32), PartitionOffsets>,
-}
-
-#[derive(Default)]
-struct PartitionOffsets {
-    in_flight: BTreeSet<i64>,
-    next_unseen: i64,
-    stored: i64,
-}
-
-impl OffsetTracker {
-    pub(crate) fn begin(&mut self, topic: &str, partition: i32, offset: i64) {
-        let fresh = || PartitionOffsets {
-            stored: offset,
-            ..Default::default()
-        };
-        let p = self
-            .partitions
-            .entry((topic.to_string(), partition))
-            .or_insert_with(fresh);
-        if offset < p.next_unseen {
-            // Consumption rewound (the partition came back after a rebalance):
-            // what was tracked before says nothing about these offsets.
-            *p = fresh();
-        }
-        p.in_flight.insert(offset);
-        p.next_unseen = p.next_unseen.max(offset + 1);
-    }
-
-    /// Marks `offset` handled; returns the offset to store (the next to
-    /// consume after a restart) when it advanced.
-    pub(crate) fn complete(&mut self, topic: &str, partition: i32, offset: i64) -> Option<i64> {
-        let p = self.partitions.get_mut(&(topic.to_string(), partition))?;
-        p.in_flight.remove(&offset);
-        let safe = p.in_flight.first().copied().unwrap_or(p.next_unseen);
-        (safe > p.stored).then(|| {
-            p.stored = safe;
-            safe
-        })
-    }
-}
 
 /// The downlink side of one Herald node.
 pub struct DownlinkBridge {
@@ -92,8 +49,8 @@ pub struct DownlinkBridge {
 
 struct Consumers {
     dispatcher: Arc<Dispatcher>,
-    downlink: Arc<StreamConsumer>,
-    inbox: Arc<StreamConsumer>,
+    downlink: Arc<CommandConsumer>,
+    inbox: Arc<CommandConsumer>,
     downlink_topic: String,
     inbox_topic: String,
     orphans: OrphanInboxes,
@@ -116,6 +73,7 @@ impl DownlinkBridge {
         topic_prefix: &str,
         handle: BrokerHandle,
         view: Arc<PresenceView>,
+        stats: &KafkaStatsMetrics,
         registry: &Registry,
     ) -> Result<Self, BridgeError> {
         let consumers = if config.downlink.enabled {
@@ -126,7 +84,7 @@ impl DownlinkBridge {
                 default_ttl: config.downlink.default_ttl,
                 max_forwards: config.cluster.max_forwards,
             };
-            let producer = create_producer(config, ProducerRole::Receipts)?;
+            let producer = create_producer(config, ProducerRole::Receipts, stats)?;
             let dispatcher = Arc::new(Dispatcher::new(
                 producer,
                 handle,
@@ -135,11 +93,17 @@ impl DownlinkBridge {
                 registry,
             )?);
             Some(Consumers {
-                downlink: Arc::new(consumer_config(config, ConsumerRole::Downlink)?.create()?),
-                inbox: Arc::new(consumer_config(config, ConsumerRole::Inbox)?.create()?),
+                downlink: Arc::new(create_consumer(config, ConsumerRole::Downlink, stats)?),
+                inbox: Arc::new(create_consumer(config, ConsumerRole::Inbox, stats)?),
                 downlink_topic: config.downlink.topic.clone(),
                 inbox_topic: inbox_topic(config, view.node()),
-                orphans: OrphanInboxes::new(config, view.clone(), dispatcher.clone(), registry)?,
+                orphans: OrphanInboxes::new(
+                    config,
+                    view.clone(),
+                    dispatcher.clone(),
+                    stats,
+                    registry,
+                )?,
                 dispatcher,
             })
         } else {
@@ -216,13 +180,13 @@ impl DownlinkBridge {
 /// Consumes commands from `consumer` until `drain`, settles each, stores
 /// offsets as far as commands are handled, and commits at the end.
 pub(crate) async fn consume(
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<CommandConsumer>,
     dispatcher: Arc<Dispatcher>,
     max_inflight: usize,
     drain: CancellationToken,
     shutdown: CancellationToken,
 ) {
-    let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
+    let tracker = Arc::new(Mutex::new(OffsetWatermark::new()));
     let slots = Arc::new(Semaphore::new(max_inflight));
     loop {
         let permit = tokio::select! {
@@ -275,14 +239,8 @@ pub(crate) async fn consume(
                 .unwrap_or_else(|e| e.into_inner())
                 .complete(&topic, partition, offset);
             if let Some(next) = store {
-                let mut list = TopicPartitionList::new();
-                if list
-                    .add_partition_offset(&topic, partition, Offset::Offset(next))
-                    .is_ok()
-                {
-                    if let Err(error) = consumer.store_offsets(&list) {
-                        debug!(%error, topic, partition, "offset not stored (partition revoked?)");
-                    }
+                if let Err(error) = watermark::store(&*consumer, &topic, partition, next) {
+                    debug!(%error, topic, partition, "offset not stored (partition revoked?)");
                 }
             }
         });
@@ -298,50 +256,5 @@ pub(crate) async fn consume(
         tokio::task::spawn_blocking(move || consumer.commit_consumer_state(CommitMode::Sync)).await;
     if let Ok(Err(error)) = committed {
         debug!(%error, "final command offset commit");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stores_only_up_to_the_oldest_unhandled_offset() {
-        let mut t = OffsetTracker::default();
-        for o in 10..14 {
-            t.begin("d", 0, o);
-        }
-        assert_eq!(t.complete("d", 0, 11), None, "10 still in flight");
-        assert_eq!(t.complete("d", 0, 12), None);
-        assert_eq!(
-            t.complete("d", 0, 10),
-            Some(13),
-            "10..=12 handled: resume at 13"
-        );
-        t.begin("d", 1, 5);
-        assert_eq!(t.complete("d", 1, 5), Some(6), "partitions are independent");
-        assert_eq!(t.complete("d", 0, 13), Some(14));
-        assert_eq!(t.complete("x", 0, 1), None, "unknown partition");
-    }
-
-    #[test]
-    fn a_rewind_after_a_rebalance_starts_over() {
-        let mut t = OffsetTracker::default();
-        for o in 100..150 {
-            t.begin("d", 0, o);
-        }
-        assert_eq!(t.complete("d", 0, 100), Some(101));
-        // The partition is revoked and comes back from the committed offset.
-        t.begin("d", 0, 101);
-        assert_eq!(
-            t.complete("d", 0, 101),
-            Some(102),
-            "not next_unseen (150) of the old assignment"
-        );
-        assert_eq!(
-            t.complete("d", 0, 140),
-            None,
-            "old in-flight work does not move it"
-        );
     }
 }

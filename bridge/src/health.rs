@@ -1,7 +1,7 @@
 //! Kafka reachability, checked in the background for `/readyz`.
 
+use crate::producer::HeraldProducer;
 use prometheus::{IntGauge, Registry};
-use rdkafka::producer::FutureProducer;
 use rdkafka::producer::Producer;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,7 +17,7 @@ pub struct KafkaHealth {
 impl KafkaHealth {
     /// Starts checking every `interval` with a metadata request on `producer`'s connection.
     pub fn spawn(
-        producer: FutureProducer,
+        producer: HeraldProducer,
         interval: Duration,
         registry: &Registry,
         shutdown: CancellationToken,

@@ -32,7 +32,7 @@ pub use health::KafkaHealth;
 pub use presence::KafkaPresence;
 pub use presence_follower::PresenceFollower;
 pub use presence_view::PresenceView;
-pub use producer::{header, Flusher, KafkaUplinkSink, ProducerRole};
+pub use producer::{header, Flusher, HeraldProducer, KafkaUplinkSink, ProducerRole};
 pub use rules::TopicRules;
 
 /// Checks that the topics a node needs exist, creating the missing ones

@@ -16,13 +16,16 @@
 //! before it joins) is not taken for gone: a dead node's inbox is taken
 //! over about two session timeouts after its death.
 
-use crate::consumers::{consumer_config, inbox_group, inbox_topic_prefix, ConsumerRole};
+use crate::consumers::{
+    consumer_config, create_consumer, inbox_group, inbox_topic_prefix, ConsumerRole,
+};
 use crate::dispatch::Dispatcher;
 use crate::downlink::consume;
 use crate::presence_view::PresenceView;
 use crate::{BridgeError, KafkaConfig};
+use herald_kafka::stats::{KafkaStatsMetrics, StatsContext};
 use prometheus::{IntGauge, Registry};
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,7 +42,8 @@ pub(crate) struct OrphanInboxes {
     view: Arc<PresenceView>,
     dispatcher: Arc<Dispatcher>,
     /// For metadata and group queries only.
-    admin: Arc<BaseConsumer>,
+    admin: Arc<BaseConsumer<StatsContext>>,
+    stats: KafkaStatsMetrics,
     adopted: IntGauge,
     gone: IntGauge,
 }
@@ -56,6 +60,7 @@ impl OrphanInboxes {
         config: &KafkaConfig,
         view: Arc<PresenceView>,
         dispatcher: Arc<Dispatcher>,
+        stats: &KafkaStatsMetrics,
         registry: &Registry,
     ) -> Result<Self, BridgeError> {
         let adopted = IntGauge::new(
@@ -70,7 +75,11 @@ impl OrphanInboxes {
         registry.register(Box::new(gone.clone()))?;
         Ok(Self {
             config: config.clone(),
-            admin: Arc::new(consumer_config(config, ConsumerRole::PresenceView)?.create()?),
+            admin: Arc::new(
+                consumer_config(config, ConsumerRole::PresenceView)?
+                    .create_with_context(StatsContext::new(stats.clone(), "inbox-survey"))?,
+            ),
+            stats: stats.clone(),
             view,
             dispatcher,
             adopted,
@@ -159,8 +168,7 @@ impl OrphanInboxes {
         drain: &CancellationToken,
         shutdown: &CancellationToken,
     ) -> Result<(CancellationToken, JoinHandle<()>), BridgeError> {
-        let consumer: StreamConsumer =
-            consumer_config(&self.config, ConsumerRole::Adopted(node))?.create()?;
+        let consumer = create_consumer(&self.config, ConsumerRole::Adopted(node), &self.stats)?;
         let topic = format!("{}{node}", inbox_topic_prefix(&self.config));
         consumer.subscribe(&[&topic])?;
         let stop = drain.child_token();

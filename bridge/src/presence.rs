@@ -6,14 +6,15 @@
 
 use crate::config::KafkaConfig;
 use crate::presence_view::PresenceView;
-use crate::producer::{create_producer, flush, LogLimiter, ProducerRole};
+use crate::producer::{create_producer, flush, HeraldProducer, LogLimiter, ProducerRole};
 use crate::BridgeError;
 use herald_broker::{DisconnectReason, SessionEvents};
+use herald_kafka::stats::KafkaStatsMetrics;
 use herald_schemas::v1::{PresenceEvent, PresenceReason};
 use herald_schemas::Message as _;
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// `kafka.presence.max_queued_events`).
 pub struct KafkaPresence {
     /// `None` when presence is disabled.
-    producer: Option<FutureProducer>,
+    producer: Option<HeraldProducer>,
     topic: String,
     node: String,
     /// Where each device is, cluster-wide: a disconnect of a connection the
@@ -44,10 +45,11 @@ impl KafkaPresence {
     pub fn new(
         config: &KafkaConfig,
         view: Arc<PresenceView>,
+        stats: &KafkaStatsMetrics,
         registry: &Registry,
     ) -> Result<Self, BridgeError> {
         let producer = if config.presence.enabled {
-            Some(create_producer(config, ProducerRole::Presence)?)
+            Some(create_producer(config, ProducerRole::Presence, stats)?)
         } else {
             None
         };

@@ -9,15 +9,16 @@
 //! at start; then the records this node wrote before a crash that still
 //! say a device is here are closed with an offline record.
 
-use crate::consumers::{consumer_config, ConsumerRole};
+use crate::consumers::{create_consumer, Consumer as PresenceConsumer, ConsumerRole};
 use crate::presence::{now_ms, KafkaPresence};
 use crate::presence_view::{Applied, PresenceView};
 use crate::{BridgeError, KafkaConfig};
 use herald_broker::{BrokerHandle, DisconnectReason, SessionEvents as _};
+use herald_kafka::stats::KafkaStatsMetrics;
 use herald_schemas::v1::PresenceEvent;
 use herald_schemas::Message as _;
 use prometheus::{IntCounter, IntGauge, Registry};
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer as _;
 use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
@@ -28,7 +29,7 @@ use tracing::{debug, info, warn};
 
 /// Reads presence into the view; see the module documentation.
 pub struct PresenceFollower {
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<PresenceConsumer>,
     topic: String,
     view: Arc<PresenceView>,
     handle: BrokerHandle,
@@ -44,10 +45,10 @@ impl PresenceFollower {
         view: Arc<PresenceView>,
         handle: BrokerHandle,
         presence: Arc<KafkaPresence>,
+        stats: &KafkaStatsMetrics,
         registry: &Registry,
     ) -> Result<Self, BridgeError> {
-        let consumer: StreamConsumer =
-            consumer_config(config, ConsumerRole::PresenceView)?.create()?;
+        let consumer = create_consumer(config, ConsumerRole::PresenceView, stats)?;
         let devices = IntGauge::new(
             "herald_cluster_devices_online",
             "Devices online on any node, as this node's presence view has them.",

@@ -14,6 +14,7 @@ use crate::rules::TopicRules;
 use crate::BridgeError;
 use herald_broker::{Rejection, Uplink, UplinkAck, UplinkError, UplinkSink};
 use herald_kafka::options::check_reserved;
+use herald_kafka::stats::{with_statistics, KafkaStatsMetrics, StatsContext};
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -26,6 +27,9 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 /// Names of the Kafka headers Herald puts on uplink records and dead
 /// letters: a contract with the consumers, kept in `herald-schemas`.
 pub use herald_schemas::headers as header;
+
+/// A Herald producer: its librdkafka statistics become `herald_kafka_*` metrics.
+pub type HeraldProducer = FutureProducer<StatsContext>;
 
 /// Which part of Herald a producer serves. Each gets its own librdkafka
 /// client and queue, so a backlog in one cannot fail or delay another.
@@ -72,6 +76,7 @@ pub(crate) fn producer_config(
         &client_id,
         config.delivery_timeout,
     );
+    with_statistics(&mut client, config.statistics_interval);
     herald_kafka::clients::with_options(&mut client, &config.producer_options);
     let queue_bound = match role {
         ProducerRole::Uplinks { max_packet_size } => {
@@ -118,12 +123,19 @@ pub(crate) fn producer_config(
 pub(crate) fn create_producer(
     config: &KafkaConfig,
     role: ProducerRole,
-) -> Result<FutureProducer, BridgeError> {
-    Ok(producer_config(config, role)?.create()?)
+    stats: &KafkaStatsMetrics,
+) -> Result<HeraldProducer, BridgeError> {
+    let label = match role {
+        ProducerRole::Uplinks { .. } => "uplinks",
+        ProducerRole::Presence => "presence",
+        ProducerRole::Receipts => "receipts",
+    };
+    let context = StatsContext::new(stats.clone(), label);
+    Ok(producer_config(config, role)?.create_with_context(context)?)
 }
 
 /// Waits up to `timeout` for records still queued in `producer`.
-pub(crate) fn flush(producer: &FutureProducer, what: &str, timeout: Duration) {
+pub(crate) fn flush(producer: &HeraldProducer, what: &str, timeout: Duration) {
     if let Err(error) = producer.flush(timeout) {
         tracing::warn!(%error, "Kafka {what} producer did not flush every record before shutdown");
     }
@@ -132,12 +144,12 @@ pub(crate) fn flush(producer: &FutureProducer, what: &str, timeout: Duration) {
 /// Flushes one of Herald's producers at shutdown.
 #[derive(Clone)]
 pub struct Flusher {
-    producer: FutureProducer,
+    producer: HeraldProducer,
     what: &'static str,
 }
 
 impl Flusher {
-    pub(crate) fn new(producer: FutureProducer, what: &'static str) -> Self {
+    pub(crate) fn new(producer: HeraldProducer, what: &'static str) -> Self {
         Self { producer, what }
     }
 
@@ -311,7 +323,7 @@ pub struct KafkaUplinkSink {
 }
 
 struct Inner {
-    producer: FutureProducer,
+    producer: HeraldProducer,
     rules: TopicRules,
     dead_letter_topic: String,
     dead_letter_max_payload: usize,
@@ -329,10 +341,11 @@ impl KafkaUplinkSink {
     pub fn new(
         config: &KafkaConfig,
         max_packet_size: u32,
+        stats: &KafkaStatsMetrics,
         registry: &Registry,
     ) -> Result<Self, BridgeError> {
         let rules = TopicRules::compile(&config.uplink_rules)?;
-        let producer = create_producer(config, ProducerRole::Uplinks { max_packet_size })?;
+        let producer = create_producer(config, ProducerRole::Uplinks { max_packet_size }, stats)?;
         let produce_latency = Histogram::with_opts(
             HistogramOpts::new(
                 "herald_kafka_produce_duration_seconds",
@@ -389,7 +402,7 @@ impl KafkaUplinkSink {
     }
 
     /// The producer, for components that share its connection (health checks).
-    pub fn producer(&self) -> &FutureProducer {
+    pub fn producer(&self) -> &HeraldProducer {
         &self.inner.producer
     }
 }

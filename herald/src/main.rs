@@ -109,9 +109,16 @@ async fn run(config: HeraldConfig) -> anyhow::Result<()> {
         prometheus::process_collector::ProcessCollector::for_self(),
     ))?;
 
+    // One set of librdkafka statistics metrics, labelled by client.
+    let kafka_stats = herald_kafka::stats::KafkaStatsMetrics::register(&registry)?;
     let sink = Arc::new(
-        KafkaUplinkSink::new(&config.kafka, config.broker.max_packet_size, &registry)
-            .context("cannot create the Kafka producer")?,
+        KafkaUplinkSink::new(
+            &config.kafka,
+            config.broker.max_packet_size,
+            &kafka_stats,
+            &registry,
+        )
+        .context("cannot create the Kafka producer")?,
     );
     let kafka_health = KafkaHealth::spawn(
         sink.producer().clone(),
@@ -122,7 +129,7 @@ async fn run(config: HeraldConfig) -> anyhow::Result<()> {
     // Where every device is, cluster-wide; filled from the presence topic.
     let view = Arc::new(PresenceView::new(&config.kafka.cluster.node_id()));
     let presence = Arc::new(
-        KafkaPresence::new(&config.kafka, view.clone(), &registry)
+        KafkaPresence::new(&config.kafka, view.clone(), &kafka_stats, &registry)
             .context("cannot create the Kafka presence producer")?,
     );
     let hooks = BrokerHooks {
@@ -138,6 +145,7 @@ async fn run(config: HeraldConfig) -> anyhow::Result<()> {
                 view.clone(),
                 broker.handle(),
                 presence.clone(),
+                &kafka_stats,
                 &registry,
             )
             .context("cannot create the Kafka presence consumer")?,
@@ -162,6 +170,7 @@ async fn run(config: HeraldConfig) -> anyhow::Result<()> {
         &config.broker.auth.topic_prefix,
         broker.handle(),
         view.clone(),
+        &kafka_stats,
         &registry,
     )
     .context("cannot create the Kafka downlink consumer")?;

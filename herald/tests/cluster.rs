@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{consume, kafka, unique, Herald};
+use common::{delivered_receipts, kafka, unique, Herald};
 use herald_loadtest::terminal::{Terminal, TerminalOptions};
 use herald_schemas::v1::*;
 use herald_schemas::Message as _;
@@ -109,45 +109,6 @@ async fn receive_all(terminal: &mut Terminal, want: &[String], received: &mut Ha
                 )
             });
         received.insert(command.command_id);
-    }
-}
-
-/// Reads receipts until every command in `ids` has a delivered one;
-/// returns the receipts per command.
-async fn delivered_receipts(
-    bootstrap: &str,
-    topic: &str,
-    ids: &HashSet<String>,
-) -> HashMap<String, Vec<DeliveryReceipt>> {
-    let mut by_command: HashMap<String, Vec<DeliveryReceipt>> = HashMap::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        by_command.clear();
-        for record in consume(bootstrap, topic, usize::MAX, Duration::from_secs(5)).await {
-            let receipt = DeliveryReceipt::decode(&record.payload[..]).expect("a receipt");
-            by_command
-                .entry(receipt.command_id.clone())
-                .or_default()
-                .push(receipt);
-        }
-        let delivered = ids
-            .iter()
-            .filter(|id| {
-                by_command.get(*id).is_some_and(|receipts| {
-                    receipts
-                        .iter()
-                        .any(|r| r.outcome() == herald_schemas::v1::DeliveryOutcome::Delivered)
-                })
-            })
-            .count();
-        if delivered == ids.len() {
-            return by_command;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{delivered} of {} commands have a delivered receipt",
-            ids.len()
-        );
     }
 }
 

@@ -355,6 +355,48 @@ pub async fn consume(bootstrap: &str, topic: &str, want: usize, wait: Duration) 
     records
 }
 
+/// Reads receipts until every command in `ids` has a delivered one;
+/// returns the receipts per command.
+pub async fn delivered_receipts(
+    bootstrap: &str,
+    topic: &str,
+    ids: &std::collections::HashSet<String>,
+) -> std::collections::HashMap<String, Vec<herald_schemas::v1::DeliveryReceipt>> {
+    use herald_schemas::v1::{DeliveryOutcome, DeliveryReceipt};
+    use herald_schemas::Message as _;
+    let mut by_command: std::collections::HashMap<String, Vec<DeliveryReceipt>> =
+        Default::default();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        by_command.clear();
+        for record in consume(bootstrap, topic, usize::MAX, Duration::from_secs(5)).await {
+            let receipt = DeliveryReceipt::decode(&record.payload[..]).expect("a receipt");
+            by_command
+                .entry(receipt.command_id.clone())
+                .or_default()
+                .push(receipt);
+        }
+        let delivered = ids
+            .iter()
+            .filter(|id| {
+                by_command.get(*id).is_some_and(|receipts| {
+                    receipts
+                        .iter()
+                        .any(|r| r.outcome() == DeliveryOutcome::Delivered)
+                })
+            })
+            .count();
+        if delivered == ids.len() {
+            return by_command;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{delivered} of {} commands have a delivered receipt",
+            ids.len()
+        );
+    }
+}
+
 /// Runs a client tool (mosquitto_pub, python3, ...) to completion with no
 /// stdin and prints what it said, for the test log.
 pub fn run(command: &mut std::process::Command) -> std::process::Output {
