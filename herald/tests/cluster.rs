@@ -3,11 +3,13 @@
 //! including devices that were offline and devices that move between nodes
 //! while commands flow; and a node killed with SIGKILL under downlink load
 //! loses no command: its devices reconnect to the others, which take over
-//! its partitions and its inbox.
+//! its partitions and its inbox. A device that connects to another node
+//! while its old connection is still open: the old one is closed as taken
+//! over, and presence shows the new node only.
 
 mod common;
 
-use common::{delivered_receipts, kafka, unique, Herald};
+use common::{consume, delivered_receipts, kafka, unique, Herald};
 use herald_loadtest::terminal::{Terminal, TerminalOptions};
 use herald_schemas::v1::*;
 use herald_schemas::Message as _;
@@ -274,4 +276,62 @@ async fn a_node_killed_under_downlink_load_loses_no_command() {
         "{} commands: 0 lost, {duplicates} duplicate receipts after the kill",
         ids.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_newest_connection_wins_across_nodes() {
+    use tokio::io::AsyncBufReadExt as _;
+    let bootstrap = kafka();
+    let prefix = unique("ct");
+    let nodes = start_nodes(&bootstrap, &prefix, 2);
+    let device = "ct-speaker";
+    // An MQTT 5 terminal on node 0 that stays connected...
+    let mut old = tokio::process::Command::new("python3")
+        .arg(common::repo_root().join("herald/tests/paho_taken_over.py"))
+        .args(["--port", &nodes[0].mqtt.port().to_string()])
+        .args(["--device", device, "--password", &nodes[0].password(device)])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs the paho terminal");
+    let mut lines = tokio::io::BufReader::new(old.stdout.take().unwrap()).lines();
+    assert_eq!(
+        lines.next_line().await.unwrap().as_deref(),
+        Some("CONNECTED")
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // ...while the device connects again, to node 1.
+    let mut new = terminal(&nodes[1], device).await;
+    let said = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the old connection is closed")
+        .unwrap();
+    assert_eq!(
+        said.as_deref(),
+        Some("DISCONNECTED 142"),
+        "0x8E session taken over"
+    );
+    assert_eq!(nodes[0].metric("herald_cluster_takeovers_total"), 1.0);
+
+    // The device's latest presence record is its connection on node 1.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let records = consume(
+        &bootstrap,
+        &format!("{prefix}.presence"),
+        usize::MAX,
+        Duration::from_secs(5),
+    )
+    .await;
+    let latest = records
+        .iter()
+        .filter(|r| r.key.as_deref() == Some(device.as_bytes()))
+        .map(|r| PresenceEvent::decode(&r.payload[..]).unwrap())
+        .last()
+        .expect("presence records");
+    assert!(latest.online && latest.node == "node-1", "{latest:?}");
+
+    // Commands reach it on node 1.
+    let commands = Commands::new(&bootstrap, format!("{prefix}.downlink"));
+    let ids = commands.send(device, 0..5).await;
+    receive_all(&mut new, &ids, &mut HashSet::new()).await;
 }
