@@ -3,7 +3,7 @@
 //! including devices that were offline and devices that move between nodes
 //! while commands flow; and a node killed with SIGKILL under downlink load
 //! loses no command: its devices reconnect to the others, which take over
-//! its partitions and its inbox. A device that connects to another node
+//! its partitions and its inbox; nor does a node removed by scale-in. A device that connects to another node
 //! while its old connection is still open: the old one is closed as taken
 //! over, and presence shows the new node only.
 
@@ -261,7 +261,11 @@ async fn a_node_killed_under_downlink_load_loses_no_command() {
         terminals[i] = None;
         terminals[i] = Some(terminal(&nodes[1 + i % 2], &devices[i]).await);
     }
-    let ids = sending.await.unwrap();
+    let mut ids = sending.await.unwrap();
+    // Commands left in the dead node's inbox (as forwarded just before it
+    // died) are handled by the node that adopts the inbox.
+    let orphaned = Commands::new(&bootstrap, format!("{prefix}.downlink.inbox.node-0"));
+    ids.extend(orphaned.send(&devices[0], 1000..1010).await);
     for (i, device) in devices.iter().enumerate() {
         let want: Vec<String> = ids
             .iter()
@@ -272,6 +276,11 @@ async fn a_node_killed_under_downlink_load_loses_no_command() {
     }
     let receipts = delivered_receipts(&bootstrap, &format!("{prefix}.receipts"), &ids).await;
     let duplicates = check_receipts(&receipts, &ids);
+    let adopted: f64 = nodes[1..]
+        .iter()
+        .map(|n| n.metric("herald_cluster_adopted_inboxes"))
+        .sum();
+    assert_eq!(adopted, 1.0, "one live node took over node-0's inbox");
     eprintln!(
         "{} commands: 0 lost, {duplicates} duplicate receipts after the kill",
         ids.len()
@@ -334,4 +343,32 @@ async fn the_newest_connection_wins_across_nodes() {
     let commands = Commands::new(&bootstrap, format!("{prefix}.downlink"));
     let ids = commands.send(device, 0..5).await;
     receive_all(&mut new, &ids, &mut HashSet::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_removed_by_scale_in_hands_on_its_commands() {
+    let bootstrap = kafka();
+    let prefix = unique("cs");
+    let mut nodes = start_nodes(&bootstrap, &prefix, 3);
+    let commands = Commands::new(&bootstrap, format!("{prefix}.downlink"));
+    // Devices last seen on node 2, offline now, with commands waiting.
+    let devices = ["cs-dev-0", "cs-dev-1", "cs-dev-2"];
+    let mut ids = HashSet::new();
+    for device in devices {
+        terminal(&nodes[2], device).await.disconnect().await;
+        ids.extend(commands.send(device, 0..10).await);
+    }
+    nodes[2].stop();
+    eprintln!("node-2 stopped (SIGTERM)");
+    for device in devices {
+        let mut terminal = terminal(&nodes[0], device).await;
+        let want: Vec<String> = (0..10).map(|i| format!("{device}:{i}")).collect();
+        receive_all(&mut terminal, &want, &mut HashSet::new()).await;
+    }
+    let receipts = delivered_receipts(&bootstrap, &format!("{prefix}.receipts"), &ids).await;
+    let duplicates = check_receipts(&receipts, &ids);
+    eprintln!(
+        "{} commands after scale-in: 0 lost, {duplicates} duplicate receipts",
+        ids.len()
+    );
 }

@@ -237,6 +237,14 @@ topic = "{topic_prefix}.presence"
         self.kill();
     }
 
+    /// SIGTERM, as Kubernetes stops a pod; waits until the process exited.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
