@@ -134,6 +134,10 @@ pub(crate) fn consumer_config(
             client
         }
     };
+    // Topics are created (or reported missing) by the startup check, with
+    // the partitions and cleanup policy they need; a subscription must not
+    // auto-create them otherwise.
+    client.set("allow.auto.create.topics", "false");
     with_statistics(&mut client, config.statistics_interval);
     with_options(&mut client, &config.consumer_options);
     Ok(client)

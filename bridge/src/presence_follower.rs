@@ -10,7 +10,7 @@
 //! say a device is here are closed with an offline record.
 
 use crate::consumers::{create_consumer, Consumer as PresenceConsumer, ConsumerRole};
-use crate::presence::{now_ms, KafkaPresence};
+use crate::presence::KafkaPresence;
 use crate::presence_view::{Applied, PresenceView};
 use crate::{BridgeError, KafkaConfig};
 use herald_broker::{BrokerHandle, DisconnectReason, SessionEvents as _};
@@ -79,7 +79,6 @@ impl PresenceFollower {
 
     /// Replays the presence topic, then follows it until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
-        let started_us = now_ms().saturating_mul(1000).max(0) as u64;
         let mut behind = loop {
             match self.assign_all().await {
                 Ok(ends) => break ends,
@@ -95,7 +94,7 @@ impl PresenceFollower {
         info!(topic = %self.topic, partitions_behind = behind.len(), "replaying presence");
         let replay_started = std::time::Instant::now();
         if behind.is_empty() {
-            self.caught_up(started_us, replay_started);
+            self.caught_up(replay_started);
         }
         loop {
             let message = tokio::select! {
@@ -119,7 +118,7 @@ impl PresenceFollower {
                 if message.offset() + 1 >= end {
                     behind.remove(&partition);
                     if behind.is_empty() {
-                        self.caught_up(started_us, replay_started);
+                        self.caught_up(replay_started);
                     }
                 }
             }
@@ -180,8 +179,8 @@ impl PresenceFollower {
     /// Marks the view ready, and closes what this node's earlier life left
     /// open: devices the topic says are here, from connections made before
     /// this process started.
-    fn caught_up(&self, started_us: u64, replay_started: std::time::Instant) {
-        let leftovers = self.view.held_here_before(started_us);
+    fn caught_up(&self, replay_started: std::time::Instant) {
+        let leftovers = self.view.held_here_before_start();
         for (device_id, generation) in &leftovers {
             self.presence
                 .disconnected(device_id, *generation, DisconnectReason::ServerShutdown);

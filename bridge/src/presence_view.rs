@@ -65,6 +65,9 @@ pub struct PresenceView {
     watchers: DashMap<Arc<str>, Arc<Notify>>,
     gone: RwLock<HashSet<Arc<str>>>,
     ready: watch::Sender<bool>,
+    /// When this process made the view, in microseconds: connections with
+    /// a lower generation were made by an earlier life of this node.
+    created_us: u64,
 }
 
 impl PresenceView {
@@ -76,6 +79,10 @@ impl PresenceView {
             watchers: DashMap::new(),
             gone: RwLock::new(HashSet::new()),
             ready: watch::channel(false).0,
+            created_us: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros() as u64)
+                .unwrap_or(0),
         }
     }
 
@@ -115,12 +122,13 @@ impl PresenceView {
             .is_some_and(|h| h.node != self.node && h.generation > generation)
     }
 
-    /// Devices the view says are on this node from a connection older than
-    /// `generation` (made before this process started).
-    pub fn held_here_before(&self, generation: u64) -> Vec<(Arc<str>, u64)> {
+    /// Devices the view says are on this node from a connection made by an
+    /// earlier life of the node (before this view was made, which is before
+    /// the broker accepted anything).
+    pub fn held_here_before_start(&self) -> Vec<(Arc<str>, u64)> {
         self.devices
             .iter()
-            .filter(|e| e.node == self.node && e.generation < generation)
+            .filter(|e| e.node == self.node && e.generation < self.created_us)
             .map(|e| (e.key().clone(), e.generation))
             .collect()
     }

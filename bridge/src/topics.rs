@@ -1,17 +1,19 @@
-//! The topics a node needs, checked at startup: each is reported as
-//! present, created (where `kafka.cluster.create_topics` is on and the ACLs
-//! allow it, with the partitions and cleanup policy it needs), or missing,
-//! with what to create. A node does not subscribe before this check ended,
+//! The topics a node needs, checked at startup: each is present, created
+//! (where `kafka.cluster.create_topics` is on and the ACLs allow it, with the
+//! partitions and cleanup policy it needs), or reported missing with what to
+//! create; a presence topic that is not compacted is reported too. A node does not subscribe before this check ended,
 //! so a fresh Kafka never sees it fail on a topic nobody created yet.
 
 use crate::consumers::inbox_topic;
 use crate::rules::legal_kafka_topic;
 use crate::KafkaConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// A topic Herald uses, and how to create it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,26 +65,85 @@ pub(crate) fn needed(config: &KafkaConfig) -> Vec<NeededTopic> {
     topics
 }
 
-/// Creates what is missing and says what could not be. Returns once Kafka
-/// answered (retrying while it is unreachable), or at `give_up`.
+/// Creates what is missing (where `create_topics` allows), then says what
+/// is still missing and whether the presence topic is compacted. Retries
+/// while Kafka is unreachable, until `give_up`.
 pub(crate) async fn ensure(config: &KafkaConfig, give_up: Duration) {
     let topics = needed(config);
-    if !config.cluster.create_topics {
-        info!(topics = ?topics.iter().map(|t| &t.name).collect::<Vec<_>>(), "not creating topics (kafka.cluster.create_topics = false); they must exist");
-        return;
-    }
     // The producers' pass-through options carry the cluster's security settings.
     let mut admin_config = rdkafka::ClientConfig::new();
     admin_config.set("bootstrap.servers", &config.bootstrap_servers);
     herald_kafka::clients::with_options(&mut admin_config, &config.producer_options);
-    let admin: AdminClient<DefaultClientContext> = match admin_config.create() {
-        Ok(admin) => admin,
+    let admin: Arc<AdminClient<DefaultClientContext>> = match admin_config.create() {
+        Ok(admin) => Arc::new(admin),
         Err(e) => {
             error!(error = %e, "cannot create a Kafka admin client to check the topics");
             return;
         }
     };
-    let new_topics: Vec<NewTopic<'_>> = topics
+    let deadline = tokio::time::Instant::now() + give_up;
+    let existing = loop {
+        match existing_topics(&admin).await {
+            Ok(existing) => break existing,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                info!(error = %e, "Kafka not reachable yet to check the topics; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => {
+                error!(error = %e, "cannot check the topics Herald needs");
+                return;
+            }
+        }
+    };
+    let missing: Vec<&NeededTopic> = topics
+        .iter()
+        .filter(|t| !existing.contains(&t.name))
+        .collect();
+    let still_missing = if config.cluster.create_topics && !missing.is_empty() {
+        create(&admin, &missing).await
+    } else {
+        missing
+    };
+    for topic in still_missing {
+        error!(
+            topic = %topic.name,
+            role = topic.role,
+            "topic missing: create it (partitions: {}{}){}",
+            topic.partitions,
+            if topic.compacted { ", cleanup.policy=compact" } else { "" },
+            if config.cluster.create_topics { "" } else { " (kafka.cluster.create_topics is off)" },
+        );
+    }
+    if let Some(presence) = topics.iter().find(|t| t.compacted) {
+        check_compacted(&admin, &presence.name).await;
+    }
+}
+
+async fn existing_topics(
+    admin: &Arc<AdminClient<DefaultClientContext>>,
+) -> Result<HashSet<String>, rdkafka::error::KafkaError> {
+    let admin = admin.clone();
+    tokio::task::spawn_blocking(move || {
+        let metadata = admin
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(10))?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none())
+            .map(|t| t.name().to_string())
+            .collect())
+    })
+    .await
+    .unwrap_or_else(|_| Err(rdkafka::error::KafkaError::Canceled))
+}
+
+/// Creates `missing`; returns those that could not be created.
+async fn create<'a>(
+    admin: &AdminClient<DefaultClientContext>,
+    missing: &[&'a NeededTopic],
+) -> Vec<&'a NeededTopic> {
+    let new_topics: Vec<NewTopic<'_>> = missing
         .iter()
         .map(|t| {
             let topic = NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(-1));
@@ -94,35 +155,48 @@ pub(crate) async fn ensure(config: &KafkaConfig, give_up: Duration) {
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let deadline = tokio::time::Instant::now() + give_up;
-    let results = loop {
-        match admin.create_topics(&new_topics, &options).await {
-            Ok(results) => break results,
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                info!(error = %e, "Kafka not reachable yet to check the topics; retrying");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
-            Err(e) => {
-                error!(error = %e, "cannot check the topics Herald needs");
-                return;
-            }
+    let results = match admin.create_topics(&new_topics, &options).await {
+        Ok(results) => results,
+        Err(e) => {
+            error!(error = %e, "cannot create topics");
+            return missing.to_vec();
         }
     };
-    for (topic, result) in topics.iter().zip(results) {
+    let mut failed = Vec::new();
+    for (topic, result) in missing.iter().zip(results) {
         match result {
             Ok(_) => {
                 info!(topic = %topic.name, role = topic.role, partitions = topic.partitions, compacted = topic.compacted, "created topic")
             }
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((_, code)) => error!(
-                topic = %topic.name,
-                role = topic.role,
-                ?code,
-                "topic missing and cannot be created: create it with {} partitions{}",
-                topic.partitions,
-                if topic.compacted { " and cleanup.policy=compact" } else { "" }
-            ),
+            Err((_, code)) => {
+                error!(topic = %topic.name, ?code, "cannot create topic");
+                failed.push(*topic);
+            }
         }
+    }
+    failed
+}
+
+/// Warns if `topic` exists without `cleanup.policy=compact` (e.g. it was
+/// auto-created before Herald could create it).
+async fn check_compacted(admin: &AdminClient<DefaultClientContext>, topic: &str) {
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let described = admin
+        .describe_configs([&ResourceSpecifier::Topic(topic)], &options)
+        .await;
+    let policy = match described.as_deref() {
+        Ok([Ok(resource)]) => resource
+            .get("cleanup.policy")
+            .and_then(|entry| entry.value.clone()),
+        _ => return, // not allowed to describe it, or gone: nothing to say
+    };
+    if let Some(policy) = policy.filter(|p| !p.contains("compact")) {
+        warn!(
+            topic,
+            policy,
+            "the presence topic is not compacted: it grows without bound and every node replays all of it at start; set cleanup.policy=compact"
+        );
     }
 }
 

@@ -59,6 +59,9 @@ pub enum Command {
     Fanin(FaninArgs),
     /// The whole fleet drops and reconnects at once.
     Storm(StormArgs),
+    /// Writes a synthetic fleet (one online PresenceEvent per device) into a
+    /// presence topic, to measure a node's presence replay at start.
+    PresenceFill(PresenceFillArgs),
     /// Draw latency distributions of JSON reports as an SVG plot.
     Plot(PlotArgs),
 }
@@ -442,6 +445,25 @@ pub struct StormArgs {
     /// Seconds connected before the storm.
     #[arg(long, default_value_t = 5)]
     pub hold: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PresenceFillArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    pub bootstrap_servers: String,
+    /// The presence topic (compacted; e.g. a test copy, not production's).
+    #[arg(long)]
+    pub topic: String,
+    /// Devices to write.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub devices: u64,
+    /// Node names the devices are spread over (`fill-node-<i>`).
+    #[arg(long, default_value_t = 50)]
+    pub nodes: u64,
+    /// Device id prefix; ids are the prefix and an 8-digit number.
+    #[arg(long, default_value = "fill-")]
+    pub prefix: String,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -20,6 +20,7 @@ pub mod kafka;
 pub mod lifecycle;
 pub mod message_id;
 pub mod outbox;
+pub mod presence_fill;
 pub mod report;
 pub mod schedule;
 pub mod terminal;

@@ -68,6 +68,10 @@ async fn main() -> anyhow::Result<()> {
             gate_on_loss(herald_loadtest::fanin::run(&args).await?, &args.target)
         }
         Command::Storm(args) => storm(args).await,
+        Command::PresenceFill(args) => {
+            herald_loadtest::presence_fill::run(&args).await?;
+            Ok(())
+        }
         Command::Plot(args) => {
             let mut reports = Vec::new();
             for path in &args.reports {
