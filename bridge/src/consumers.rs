@@ -63,6 +63,18 @@ pub(crate) fn inbox_group(config: &KafkaConfig, node: &str) -> String {
     format!("{}.inbox.{node}", config.downlink.group_id)
 }
 
+/// Checks every consumer's configuration (the pass-through options).
+pub(crate) fn validate(config: &KafkaConfig) -> Result<(), BridgeError> {
+    for role in [
+        ConsumerRole::Downlink,
+        ConsumerRole::Inbox,
+        ConsumerRole::PresenceView,
+    ] {
+        consumer_config(config, role)?;
+    }
+    Ok(())
+}
+
 pub(crate) fn consumer_config(
     config: &KafkaConfig,
     role: ConsumerRole<'_>,

@@ -19,8 +19,7 @@
 
 use crate::config::KafkaConfig;
 use crate::consumers::{
-    consumer_config, create_consumer, inbox_topic, inbox_topic_prefix, Consumer as CommandConsumer,
-    ConsumerRole,
+    create_consumer, inbox_topic, inbox_topic_prefix, Consumer as CommandConsumer, ConsumerRole,
 };
 use crate::dispatch::{DispatchSettings, Dispatcher, Settled};
 use crate::orphans::OrphanInboxes;
@@ -54,17 +53,6 @@ struct Consumers {
     downlink_topic: String,
     inbox_topic: String,
     orphans: OrphanInboxes,
-}
-
-pub(crate) fn validate(config: &KafkaConfig) -> Result<(), BridgeError> {
-    for role in [
-        ConsumerRole::Downlink,
-        ConsumerRole::Inbox,
-        ConsumerRole::PresenceView,
-    ] {
-        consumer_config(config, role)?;
-    }
-    Ok(())
 }
 
 impl DownlinkBridge {

@@ -63,7 +63,7 @@ pub fn validate(config: &KafkaConfig, max_packet_size: u32) -> Result<(), Bridge
     ] {
         producer::producer_config(config, role)?;
     }
-    downlink::validate(config)?;
+    consumers::validate(config)?;
     Ok(())
 }
 

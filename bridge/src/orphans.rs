@@ -17,7 +17,7 @@
 //! over about two session timeouts after its death.
 
 use crate::consumers::{
-    consumer_config, create_consumer, inbox_group, inbox_topic_prefix, ConsumerRole,
+    consumer_config, create_consumer, inbox_group, inbox_topic, inbox_topic_prefix, ConsumerRole,
 };
 use crate::dispatch::Dispatcher;
 use crate::downlink::consume;
@@ -169,8 +169,7 @@ impl OrphanInboxes {
         shutdown: &CancellationToken,
     ) -> Result<(CancellationToken, JoinHandle<()>), BridgeError> {
         let consumer = create_consumer(&self.config, ConsumerRole::Adopted(node), &self.stats)?;
-        let topic = format!("{}{node}", inbox_topic_prefix(&self.config));
-        consumer.subscribe(&[&topic])?;
+        consumer.subscribe(&[&inbox_topic(&self.config, node)])?;
         let stop = drain.child_token();
         let task = tokio::spawn(consume(
             Arc::new(consumer),
