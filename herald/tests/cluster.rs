@@ -372,3 +372,49 @@ async fn a_node_removed_by_scale_in_hands_on_its_commands() {
         ids.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_creates_the_topics_it_needs() {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let bootstrap = kafka();
+    let prefix = unique("cc");
+    let _node = start_nodes(&bootstrap, &prefix, 1);
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))
+        .unwrap();
+    let partitions = |name: &str| {
+        metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == name)
+            .map(|t| t.partitions().len())
+    };
+    for topic in ["downlink", "receipts", "presence", "scan", "print-status"] {
+        assert_eq!(
+            partitions(&format!("{prefix}.{topic}")),
+            Some(12),
+            "{topic}"
+        );
+    }
+    assert_eq!(
+        partitions(&format!("{prefix}.downlink.inbox.node-0")),
+        Some(1)
+    );
+    let presence = format!("{prefix}.presence");
+    let configs = admin
+        .describe_configs([&ResourceSpecifier::Topic(&presence)], &AdminOptions::new())
+        .await
+        .unwrap();
+    let policy = configs[0]
+        .as_ref()
+        .unwrap()
+        .get("cleanup.policy")
+        .and_then(|e| e.value.clone());
+    assert_eq!(policy.as_deref(), Some("compact"));
+}
