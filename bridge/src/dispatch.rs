@@ -229,11 +229,16 @@ impl Dispatcher {
         }
     }
 
-    /// The node to forward to, if the device is connected to another one.
+    /// The node to forward to, if the device is connected to another one
+    /// (and not here).
     fn destination(&self, routed: &Routed) -> Option<Arc<str>> {
-        match self.view.locate(&routed.command.device_id) {
-            Location::Node(node) if routed.forwards < self.settings.max_forwards => Some(node),
-            _ => None,
+        let device_id = &routed.command.device_id;
+        if routed.forwards >= self.settings.max_forwards || self.handle.is_connected(device_id) {
+            return None;
+        }
+        match self.view.locate(device_id) {
+            Location::Node(node) => Some(node),
+            Location::Nowhere => None,
         }
     }
 

@@ -6,8 +6,8 @@
 //!
 //! The follower reads every partition from the beginning, without a
 //! consumer group. The view is ready once it reached the end offsets found
-//! at start; then the records this node wrote before a crash that still
-//! say a device is here are closed with an offline record.
+//! at start; then the records an earlier life of this node left saying a
+//! device is connected here (it crashed) are closed with an offline record.
 
 use crate::consumers::{create_consumer, Consumer as PresenceConsumer, ConsumerRole};
 use crate::presence::KafkaPresence;
@@ -50,8 +50,8 @@ impl PresenceFollower {
     ) -> Result<Self, BridgeError> {
         let consumer = create_consumer(config, ConsumerRole::PresenceView, stats)?;
         let devices = IntGauge::new(
-            "herald_cluster_devices_online",
-            "Devices online on any node, as this node's presence view has them.",
+            "herald_cluster_view_devices",
+            "Devices online on other nodes, as this node's presence view has them.",
         )?;
         let takeovers = IntCounter::new(
             "herald_cluster_takeovers_total",
@@ -93,8 +93,10 @@ impl PresenceFollower {
         };
         info!(topic = %self.topic, partitions_behind = behind.len(), "replaying presence");
         let replay_started = std::time::Instant::now();
+        // This node's connections from before this process, while replaying.
+        let mut leftovers: HashMap<String, u64> = HashMap::new();
         if behind.is_empty() {
-            self.caught_up(replay_started);
+            self.caught_up(std::mem::take(&mut leftovers), replay_started);
         }
         loop {
             let message = tokio::select! {
@@ -110,7 +112,12 @@ impl PresenceFollower {
                 }
             };
             match PresenceEvent::decode(message.payload().unwrap_or_default()) {
-                Ok(event) => self.apply(&event),
+                Ok(event) => {
+                    if !behind.is_empty() {
+                        self.note_leftover(&event, &mut leftovers);
+                    }
+                    self.apply(&event);
+                }
                 Err(_) => self.undecodable.inc(),
             }
             let partition = message.partition();
@@ -118,7 +125,7 @@ impl PresenceFollower {
                 if message.offset() + 1 >= end {
                     behind.remove(&partition);
                     if behind.is_empty() {
-                        self.caught_up(replay_started);
+                        self.caught_up(std::mem::take(&mut leftovers), replay_started);
                     }
                 }
             }
@@ -179,8 +186,22 @@ impl PresenceFollower {
     /// Marks the view ready, and closes what this node's earlier life left
     /// open: devices the topic says are here, from connections made before
     /// this process started.
-    fn caught_up(&self, replay_started: std::time::Instant) {
-        let leftovers = self.view.held_here_before_start();
+    /// Tracks, during the replay, the connections an earlier life of this
+    /// node left open in the topic.
+    fn note_leftover(&self, event: &PresenceEvent, leftovers: &mut HashMap<String, u64>) {
+        let ours = event.node == self.view.node().as_ref();
+        if ours && event.online && event.generation < self.view.created_us() {
+            leftovers.insert(event.device_id.clone(), event.generation);
+        } else if leftovers
+            .get(&event.device_id)
+            .is_some_and(|&left| left <= event.generation)
+        {
+            // Closed, or the device connected since (here or elsewhere).
+            leftovers.remove(&event.device_id);
+        }
+    }
+
+    fn caught_up(&self, leftovers: HashMap<String, u64>, replay_started: std::time::Instant) {
         for (device_id, generation) in &leftovers {
             self.presence
                 .disconnected(device_id, *generation, DisconnectReason::ServerShutdown);

@@ -3,10 +3,12 @@
 //!
 //! Each node replays the whole presence topic at start (it is ready once it
 //! reached the end offsets it found) and then follows it. The view keeps
-//! only devices that are online: for each, the node holding it and the
-//! generation of that connection. A record older than what the view holds
-//! (lower generation; equal generation and a lower node id) is stale and
-//! ignored, so every node, reading the same records, reaches the same view.
+//! only devices that are online on *other* nodes: for each, the node holding
+//! it and the generation of that connection (devices connected here are the
+//! broker's to know, so a single node holds no view at all). A record older
+//! than what the view holds (lower generation; equal generation and a lower
+//! node id) is stale and ignored, so every node, reading the same records,
+//! reaches the same view whatever their order.
 //!
 //! Nodes named in [`PresenceView::mark_gone`] (their inbox has no consumer:
 //! they died or were scaled in) hold nothing as far as routing goes: their
@@ -18,15 +20,14 @@ use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use tokio::sync::{watch, Notify};
 
-/// Where a command for a device should go.
+/// Where a device is, as far as other nodes go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
-    /// Connected to this node.
-    Here,
     /// Connected to another node, which consumes its inbox.
     Node(Arc<str>),
-    /// Offline, unknown, or held by a node that is gone: the command waits
-    /// where it is until the device connects.
+    /// Here, offline, unknown, or held by a node that is gone: a command
+    /// for it stays on this node (and waits there until the device
+    /// connects).
     Nowhere,
 }
 
@@ -50,8 +51,8 @@ pub enum Applied {
     Stale,
     /// The device is now held by `node` with `generation`.
     Online { node: Arc<str>, generation: u64 },
-    /// The device went offline.
-    Offline,
+    /// The device went offline, or came to this node.
+    Gone,
 }
 
 /// Which node holds each online device, cluster-wide.
@@ -65,8 +66,8 @@ pub struct PresenceView {
     watchers: DashMap<Arc<str>, Arc<Notify>>,
     gone: RwLock<HashSet<Arc<str>>>,
     ready: watch::Sender<bool>,
-    /// When this process made the view, in microseconds: connections with
-    /// a lower generation were made by an earlier life of this node.
+    /// When this process made the view, in microseconds: this node's
+    /// connections with a lower generation were made by an earlier life.
     created_us: u64,
 }
 
@@ -91,7 +92,12 @@ impl PresenceView {
         &self.node
     }
 
-    /// Online devices in the view.
+    /// When this view (this node's life) began, in wall-clock microseconds.
+    pub fn created_us(&self) -> u64 {
+        self.created_us
+    }
+
+    /// Devices the view has online on other nodes.
     pub fn len(&self) -> usize {
         self.devices.len()
     }
@@ -100,16 +106,12 @@ impl PresenceView {
         self.devices.is_empty()
     }
 
+    /// The other node holding `device_id`, if one does and is not gone.
+    /// (Whether it is connected here is the broker's to say.)
     pub fn locate(&self, device_id: &str) -> Location {
-        let Some(holder) = self.devices.get(device_id).map(|h| h.node.clone()) else {
-            return Location::Nowhere;
-        };
-        if holder == self.node {
-            Location::Here
-        } else if self.is_gone(&holder) {
-            Location::Nowhere
-        } else {
-            Location::Node(holder)
+        match self.devices.get(device_id).map(|h| h.node.clone()) {
+            Some(holder) if !self.is_gone(&holder) => Location::Node(holder),
+            _ => Location::Nowhere,
         }
     }
 
@@ -119,18 +121,7 @@ impl PresenceView {
     pub fn held_elsewhere_since(&self, device_id: &str, generation: u64) -> bool {
         self.devices
             .get(device_id)
-            .is_some_and(|h| h.node != self.node && h.generation > generation)
-    }
-
-    /// Devices the view says are on this node from a connection made by an
-    /// earlier life of the node (before this view was made, which is before
-    /// the broker accepted anything).
-    pub fn held_here_before_start(&self) -> Vec<(Arc<str>, u64)> {
-        self.devices
-            .iter()
-            .filter(|e| e.node == self.node && e.generation < self.created_us)
-            .map(|e| (e.key().clone(), e.generation))
-            .collect()
+            .is_some_and(|h| h.generation > generation)
     }
 
     /// Applies one presence record and wakes commands waiting for the device.
@@ -139,7 +130,7 @@ impl PresenceView {
             node: self.intern(&event.node),
             generation: event.generation,
         };
-        let applied = if event.online {
+        let applied = if event.online && incoming.node != self.node {
             match self.devices.entry(Arc::from(event.device_id.as_str())) {
                 dashmap::Entry::Occupied(mut held) => {
                     if !incoming.is_newer_than(held.get()) {
@@ -156,10 +147,13 @@ impl PresenceView {
                 generation: incoming.generation,
             }
         } else {
+            // Offline, or connected here: whatever older connection the view
+            // holds elsewhere is over.
             match self.devices.remove_if(event.device_id.as_str(), |_, held| {
                 !held.is_newer_than(&incoming)
             }) {
-                Some(_) => Applied::Offline,
+                Some(_) => Applied::Gone,
+                None if event.online => Applied::Gone,
                 None => return Applied::Stale,
             }
         };
@@ -266,12 +260,18 @@ mod tests {
             }
             assert_eq!(view.locate("d"), Location::Node("b".into()), "{order:?}");
         }
+        // Node b itself keeps nothing: its own devices are its broker's.
         let view = PresenceView::new("b");
-        view.apply(&records[1]);
-        assert_eq!(view.locate("d"), Location::Here);
-        assert!(!view.held_elsewhere_since("d", 5), "held here");
-        assert_eq!(view.apply(&event("d", "b", 20, false)), Applied::Offline);
+        for record in &records {
+            view.apply(record);
+        }
         assert_eq!(view.locate("d"), Location::Nowhere);
+        assert!(view.is_empty());
+        // A connection here ends the view's older one elsewhere.
+        let view = PresenceView::new("b");
+        view.apply(&records[0]);
+        assert_eq!(view.apply(&records[1]), Applied::Gone);
+        assert!(!view.held_elsewhere_since("d", 5), "held here");
     }
 
     #[test]

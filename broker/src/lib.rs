@@ -152,6 +152,14 @@ impl BrokerHandle {
 }
 
 impl BrokerHandle {
+    /// Whether `client_id` has a connection to this node now.
+    pub fn is_connected(&self, client_id: &str) -> bool {
+        self.shared
+            .registry
+            .session(client_id)
+            .is_some_and(|session| session.lock().attachment.is_some())
+    }
+
     /// Another node accepted a connection for `client_id` with
     /// `generation`: if this node's session of that client is older, its
     /// connection closes (taken over, MQTT 5 reason 0x8E) and the session
