@@ -418,3 +418,49 @@ async fn a_node_creates_the_topics_it_needs() {
         .and_then(|e| e.value.clone());
     assert_eq!(policy.as_deref(), Some("compact"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_node_closes_what_its_crash_left_open() {
+    use tokio::io::AsyncBufReadExt as _;
+    let bootstrap = kafka();
+    let prefix = unique("cr");
+    let port = common::free_port();
+    let mut node = start_node(&bootstrap, &prefix, 0, port);
+    node.wait_ready();
+    let device = "cr-speaker";
+    let mut held = tokio::process::Command::new("python3")
+        .arg(common::repo_root().join("herald/tests/paho_taken_over.py"))
+        .args(["--port", &port.to_string()])
+        .args(["--device", device, "--password", &node.password(device)])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs the paho terminal");
+    let mut lines = tokio::io::BufReader::new(held.stdout.take().unwrap()).lines();
+    assert_eq!(
+        lines.next_line().await.unwrap().as_deref(),
+        Some("CONNECTED")
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    node.crash();
+    held.kill().await.unwrap();
+    let restarted = start_node(&bootstrap, &prefix, 0, port);
+    restarted.wait_ready();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let events: Vec<PresenceEvent> = consume(
+        &bootstrap,
+        &format!("{prefix}.presence"),
+        usize::MAX,
+        Duration::from_secs(5),
+    )
+    .await
+    .iter()
+    .map(|r| PresenceEvent::decode(&r.payload[..]).unwrap())
+    .collect();
+    let [online, offline] = &events[..] else {
+        panic!("expected the crash's online record and its closing: {events:?}")
+    };
+    assert!(online.online && !offline.online, "{events:?}");
+    assert_eq!(online.generation, offline.generation);
+    assert_eq!(offline.reason(), PresenceReason::ServerShutdown);
+}
