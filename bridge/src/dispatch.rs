@@ -73,8 +73,8 @@ pub(crate) enum Pending {
 
 pub(crate) struct Routed {
     command: DownlinkCommand,
+    /// Its payload is the record's value, forwarded as it is.
     downlink: Downlink,
-    payload: Vec<u8>,
     expires_at_ms: i64,
     forwards: u32,
     watcher: Arc<tokio::sync::Notify>,
@@ -207,7 +207,6 @@ impl Dispatcher {
         let mut routed = Routed {
             command,
             downlink,
-            payload: payload.to_vec(),
             expires_at_ms,
             forwards,
             watcher,
@@ -247,7 +246,7 @@ impl Dispatcher {
         let forwards = (routed.forwards + 1).to_string();
         let record = FutureRecord::to(&topic)
             .key(&routed.command.device_id)
-            .payload(&routed.payload)
+            .payload(&routed.downlink.payload[..])
             .headers(
                 OwnedHeaders::new()
                     .insert(Header {
