@@ -18,9 +18,17 @@
 #   slow-device       downlinks to terminals that stop reading, and to slow ones
 #   fanin-overload    plain MQTT fan-in at full speed: 100 QoS 1 publishers, 1 subscriber
 #                     (then the same against Mosquitto, for reference: not gated on)
+#   node-kill         3 Herald nodes, uplink and downlink load spread over them; one node
+#                     killed (SIGKILL), its terminals reconnect to the next node
+#   takeover          3 nodes; the terminals of node 0 reach it through a proxy that cuts
+#                     them off mid-run leaving node 0's side open (half-open connections);
+#                     they reconnect to node 1, which takes their sessions over
 #
 # It starts its own Kafka (port 19392, target/faults/kafka) so that killing it
-# touches nothing else, and its own Herald (127.0.0.1:21885, HTTP :29095).
+# touches nothing else, and its own Herald (127.0.0.1:21885, HTTP :29095): node 0.
+# node-kill and takeover add nodes 1 and 2 (MQTT 21896-21897, HTTP 29106-29107) and
+# the takeover proxy (21905). Node I is kafka.cluster.node_id "faults-I", log
+# target/faults/herald-I.log.
 #
 # Usage: benches/faults.sh [--short] [SCENARIO...]   (default: all, in the order above)
 #   --short   seconds per scenario and small fleets: the variant scripts/test.sh runs
@@ -40,14 +48,22 @@ for arg in "$@"; do
   esac
 done
 ((${#SCENARIOS[@]})) ||
-  SCENARIOS=(kafka-down kafka-restart kill-uplink kill-downlink sigterm storm slow-device fanin-overload)
+  SCENARIOS=(kafka-down kafka-restart kill-uplink kill-downlink sigterm storm slow-device fanin-overload
+    node-kill takeover)
 
 OUT=target/faults
 mkdir -p "$OUT"
 export KAFKA_PORT=19392 KAFKA_DIR=$PWD/$OUT/kafka
+# kafka.sh's 3 s broker session lets a broker starved of CPU for 3 s (2 cores, three
+# Herald nodes and two load generators) fence itself; its metadata then lists no broker
+# at all, and librdkafka 2.12 clients (Herald's and the load generator's) drop the broker
+# for good (confluentinc/librdkafka#5301): every client stays cut off from a Kafka that
+# serves again. Kafka's default, 9 s, costs a SIGKILLed Kafka 6 s more before it serves.
+export KAFKA_EXTRA_PROPS="broker.session.timeout.ms=9000"
 KAFKA=127.0.0.1:$KAFKA_PORT
-PORT=21885
-HTTP=29095
+PORT=21885 # node 0; node I > 0 listens on PORT + 10 + I (node_port)
+HTTP=29095 # node 0; node I > 0 on HTTP + 10 + I (node_http)
+PROXY_PORT=$((PORT + 20)) # the takeover scenario's proxy to node 0
 FLEET_KEY=$(printf 'herald-fault-suite-fleet-key-000' | base64)
 
 if ((SHORT)); then
@@ -71,6 +87,7 @@ KAFKA_DOWN=$(pick 60 5)            # seconds Kafka stays dead
 SETTLE=$(pick 30 15)               # seconds the tool keeps reading Kafka after the load
 STORM=$(pick 18000 1000)           # terminals in the reconnect storm
 DRAIN=$(pick 10s 2s)               # broker.drain_period
+SESSION_TIMEOUT=6                  # kafka.cluster.session_timeout, seconds (Kafka's minimum)
 
 log() { printf '%s faults: %s\n' "$(date +%T)" "$*" >&2; }
 
@@ -98,60 +115,127 @@ flapping_max_connects = 0
 [kafka]
 bootstrap_servers = "$KAFKA"
 [kafka.consumer_options]
-# A killed node's downlink partitions move to its successor within 6 s
-# (the broker's minimum) instead of librdkafka's default 45 s.
-"session.timeout.ms" = "6000"
 "heartbeat.interval.ms" = "1000"
+[kafka.cluster]
+# A killed node's downlink partitions move to the others within 6 s (Kafka's
+# minimum) instead of 30 s, and its inbox is taken over about 6 s later.
+# node_id, broker.listen and http.listen come from the environment (start_node).
+session_timeout = "${SESSION_TIMEOUT}s"
+orphan_check_interval = "1s"
 [http]
 listen = "127.0.0.1:$HTTP"
 [log]
-filter = "warn,herald_broker::server=info"
+filter = "warn,herald_broker::server=info,herald_bridge=info"
 TOML
 }
 
-HERALD_PID=
-start_herald() {
-  "$HERALD_BIN" --config "$OUT/herald.toml" run >>"$OUT/herald.log" 2>&1 &
-  HERALD_PID=$!
+# Herald nodes, all on $OUT/herald.toml with their own ports and node id from the
+# environment. Node 0 is the suite's Herald (start_herald, stop_herald).
+NODE_PIDS=()
+node_port() { if (($1)); then echo $((PORT + 10 + $1)); else echo "$PORT"; fi; }
+node_http() { if (($1)); then echo $((HTTP + 10 + $1)); else echo "$HTTP"; fi; }
+node_id() { echo "faults-$1"; }
+node_log() { echo "$OUT/herald-$1.log"; }
+node_hosts() { # I... -> the -h list of these nodes
+  local i list=()
+  for i in "$@"; do list+=("127.0.0.1:$(node_port "$i")"); done
+  local IFS=,
+  echo "${list[*]}"
+}
+
+# Waits until PORT accepts connections while process PID lives.
+wait_listening() { # PORT PID WHAT
   for _ in $(seq 300); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return 0
-    kill -0 "$HERALD_PID" 2>/dev/null || { log "Herald exited; see $OUT/herald.log"; return 1; }
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    kill -0 "$2" 2>/dev/null || { log "$3 exited"; return 1; }
     sleep 0.1
   done
-  log "Herald did not listen on $PORT"
+  log "$3 did not listen on $1"
   return 1
 }
-stop_herald() { # SIGNAL
-  [[ -n $HERALD_PID ]] || return 0
-  kill "-$1" "$HERALD_PID" 2>/dev/null || true
-  wait "$HERALD_PID" 2>/dev/null || true
-  HERALD_PID=
+
+start_node() { # I
+  local i=$1
+  HERALD_BROKER__LISTEN="127.0.0.1:$(node_port "$i")" HERALD_HTTP__LISTEN="127.0.0.1:$(node_http "$i")" \
+    HERALD_KAFKA__CLUSTER__NODE_ID="$(node_id "$i")" \
+    "$HERALD_BIN" --config "$OUT/herald.toml" run >>"$(node_log "$i")" 2>&1 &
+  NODE_PIDS[i]=$!
+  wait_listening "$(node_port "$i")" "${NODE_PIDS[i]}" "Herald node $i (see $(node_log "$i"))"
 }
+# A node that does not exit within STOP_TIMEOUT of SIGTERM is killed, and the suite fails.
+STOP_TIMEOUT=$((${DRAIN%s} + 60))
+STUCK=()
+running() { # PID: alive and not a zombie waiting to be reaped
+  local state
+  state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) && [[ $state != Z ]]
+}
+stop_node() { # I SIGNAL
+  local pid=${NODE_PIDS[$1]:-} deadline=$((SECONDS + STOP_TIMEOUT))
+  [[ -n $pid ]] || return 0
+  kill "-$2" "$pid" 2>/dev/null || true
+  while running "$pid"; do
+    if ((SECONDS >= deadline)); then
+      log "Herald node $1 still runs $STOP_TIMEOUT s after SIG$2: SIGKILL (see $(node_log "$1"))"
+      STUCK+=("node $1 ($(node_id "$1")) did not exit within $STOP_TIMEOUT s of SIG$2")
+      kill -KILL "$pid" 2>/dev/null || true
+      deadline=$((SECONDS + 3600))
+    fi
+    sleep 0.2
+  done
+  wait "$pid" 2>/dev/null || true
+  NODE_PIDS[$1]=
+}
+node_running() { [[ -n ${NODE_PIDS[$1]:-} ]]; }
+start_herald() { start_node 0; }
+stop_herald() { stop_node 0 "$1"; } # SIGNAL
+
+# Waits until each node's /readyz answers 200 (presence view replayed, Kafka reachable).
+wait_ready() { # I...
+  local i
+  for i in "$@"; do
+    for _ in $(seq 600); do
+      python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
+        "http://127.0.0.1:$(node_http "$i")/readyz" 2>/dev/null && continue 2
+      kill -0 "${NODE_PIDS[i]}" 2>/dev/null || { log "Herald node $i exited; see $(node_log "$i")"; return 1; }
+      sleep 0.1
+    done
+    log "Herald node $i not ready after 60 s; see $(node_log "$i")"
+    return 1
+  done
+}
+
 cleanup() {
-  stop_herald KILL
+  local i
+  for i in "${!NODE_PIDS[@]}"; do stop_node "$i" KILL; done
   jobs -p | xargs -r kill 2>/dev/null || true
   kafka stop >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
-# One Prometheus sample from Herald (sum over labels), or empty.
-metric() {
-  python3 - "$HTTP" "$1" <<'PY' 2>/dev/null || true
-import sys, urllib.request
-port, name = sys.argv[1], sys.argv[2]
+# One Prometheus sample from a node (default node 0), summed over the series that
+# have the labels given, e.g. 'herald_cluster_forwards_total{result="retried"}'; or
+# empty if the node does not answer. With "series", each series instead, as a JSON
+# object {"label=value,...": value}.
+metric() { # NAME[{LABELS}] [NODE] [series]
+  python3 - "$(node_http "${2:-0}")" "$1" "${3:-sum}" <<'PY' 2>/dev/null || true
+import json, re, sys, urllib.request
+port, wanted, mode = sys.argv[1:4]
+name, _, labels = wanted.partition("{")
+labels = re.findall(r'\w+="[^"]*"', labels)
 text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-values = [float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
-          if l.startswith(name) and (l[len(name)] in " {")]
-print(int(sum(values)))
+series = {l.rsplit(" ", 1)[0][len(name):].strip("{}").replace('"', ""): float(l.rsplit(" ", 1)[1])
+          for l in text.splitlines()
+          if l.startswith(name) and l[len(name)] in " {" and all(p in l for p in labels)}
+print(json.dumps({k: int(v) for k, v in series.items()}) if mode == "series" else int(sum(series.values())))
 PY
 }
 
-# Samples herald_connections every 100 ms into FILE until Herald exits.
+# Samples herald_connections of node 0 every 100 ms into FILE until it exits.
 sample_connections() { # FILE
   local start
   start=$(date +%s.%N)
   echo "seconds,connections" >"$1"
-  while kill -0 "$HERALD_PID" 2>/dev/null; do
+  while kill -0 "${NODE_PIDS[0]}" 2>/dev/null; do
     local n
     n=$(metric herald_connections)
     [[ -n $n ]] && echo "$(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $start}"),$n" >>"$1"
@@ -169,8 +253,8 @@ load() { # SUBCOMMAND NAME [args...]
     --report "$OUT/$name.json" "$@" >"$OUT/$name.txt" 2>"$OUT/$name.err" &
   LOAD_PIDS+=($!)
 }
-uplink_load() { load uplink "$1" -c "$TERMINALS" -R 500 -r "$UPLINK_RATE" -d "$RUN"; }
-downlink_load() { load downlink "$1" -c "$TERMINALS" -R 500 -r "$DOWNLINK_RATE" -d "$RUN"; }
+uplink_load() { load uplink "$1" -c "$TERMINALS" -R 500 -r "$UPLINK_RATE" -d "$RUN" "${@:2}"; } # NAME [args...]
+downlink_load() { load downlink "$1" -c "$TERMINALS" -R 500 -r "$DOWNLINK_RATE" -d "$RUN" "${@:2}"; }
 wait_load() {
   local pid
   for pid in "${LOAD_PIDS[@]}"; do wait "$pid" || true; done
@@ -223,9 +307,7 @@ scenario_sigterm() {
   log "Herald stopped with SIGTERM (drain_period $DRAIN)"
   sample_connections "$OUT/drain.csv" &
   local sampler=$!
-  kill -TERM "$HERALD_PID"
-  wait "$HERALD_PID" 2>/dev/null || true
-  HERALD_PID=
+  stop_herald TERM
   wait "$sampler" 2>/dev/null || true
   start_herald
   wait_load
@@ -246,7 +328,8 @@ scenario_slow-device() {
   # 20 commands/s per terminal: a stalled terminal's 32 in flight and 100 queued
   # fill within seconds. Its commands end as refused or expired receipts
   # (--ttl below --settle), never as lost ones.
-  local terminals=$(pick 20 10)
+  local terminals
+  terminals=$(pick 20 10)
   load downlink slow-device -c "$terminals" -R 500 -r "$((terminals * 20))" -d "$RUN" \
     --ttl "$(pick 10 5)" --stalled 2 --slow 2 --slow-ack-ms 200
   wait_load
@@ -275,18 +358,238 @@ scenario_fanin-overload() {
   fi
 }
 
+# --- The cluster scenarios -----------------------------------------------------------------
+
+# Nodes 1 and 2 next to node 0, all three ready; stopped (SIGTERM) by stop_cluster, node 0 stays.
+start_cluster() {
+  local i
+  for i in 1 2; do node_running "$i" || start_node "$i"; done
+  wait_ready 0 1 2
+}
+stop_cluster() { stop_node 1 TERM; stop_node 2 TERM; }
+
+now_ms() { date +%s%3N; }
+
+# Writes FILE as a JSON object of KEY=VALUE pairs: dots in KEY nest objects; a VALUE that
+# is valid JSON (a number, a list) stays so, anything else is a string ("" if empty).
+write_json() { # FILE KEY=VALUE...
+  python3 - "$@" <<'PY'
+import json, sys
+out = {}
+for pair in sys.argv[2:]:
+    key, _, value = pair.partition("=")
+    try:
+        value = json.loads(value)
+    except ValueError:
+        pass
+    *parents, last = key.split(".")
+    node = out
+    for parent in parents:
+        node = node.setdefault(parent, {})
+    node[last] = value
+with open(sys.argv[1], "w") as f:
+    json.dump(out, f, indent=2)
+PY
+}
+
+# The run tag (prefix of every message id) of a load report, or empty.
+run_tag() { # NAME
+  python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["run_tag"])' "$OUT/$1.json" 2>/dev/null || true
+}
+
+# The records of TOPIC whose printed form contains TEXT, into FILE: one line each,
+# "CreateTime:<ms>\t<value>" with the value's bytes printed as Kafka's Bytes (\xNN escapes).
+dump_topic() { # TOPIC TEXT FILE
+  if [[ -z $2 ]]; then
+    log "no run tag to look for in $1"
+    : >"$3"
+    return 0
+  fi
+  # One group for every dump, never committed to: each reads from the beginning, and
+  # no console-consumer-<random> group is left behind per dump.
+  kafka console-consumer "$1" --from-beginning --timeout-ms 5000 --property print.timestamp=true \
+    --group faults-dump --consumer-property enable.auto.commit=false \
+    --property value.deserializer=org.apache.kafka.common.serialization.BytesDeserializer \
+    2>"$3.err" | { grep -F -- "$2" || true; } >"$3" || log "reading $1 failed; see $3.err"
+}
+
+# Log lines of the given nodes that say so, each after its node's id, for the summary.
+node_lines() { # PATTERN I...
+  local i pattern=$1
+  shift
+  for i in "$@"; do grep -h -- "$pattern" "$(node_log "$i")" | sed "s/^/$(node_id "$i"): /" || true; done
+}
+
+# Node 1 dies (SIGKILL) under uplink and downlink load spread over the 3 nodes. Its
+# terminals reconnect to node 2 (the next -h entry); its downlink partitions move after
+# kafka.cluster.session_timeout, its inbox is taken over by a survivor about one more
+# session timeout later.
+scenario_node-kill() {
+  start_cluster
+  local hosts killed=1 killed_at started_at
+  hosts=$(node_hosts 0 1 2)
+  started_at=$(now_ms)
+  uplink_load node-kill-uplink -h "$hosts" --move-on-reconnect
+  downlink_load node-kill-downlink -h "$hosts" --move-on-reconnect
+  at "$FAULT_AT"
+  killed_at=$(now_ms)
+  log "node $killed ($(node_id "$killed")) killed (SIGKILL) under load"
+  stop_node "$killed" KILL
+  wait_load
+  dump_topic herald.receipts "$(run_tag node-kill-downlink)" "$OUT/node-kill-receipts.txt"
+  local i survivors=()
+  for i in 0 2; do
+    survivors+=(
+      "survivors.$(node_id "$i").gone_nodes=$(metric herald_cluster_gone_nodes "$i")"
+      "survivors.$(node_id "$i").adopted_inboxes=$(metric herald_cluster_adopted_inboxes "$i")"
+      "survivors.$(node_id "$i").forwards_ok=$(metric 'herald_cluster_forwards_total{result="ok"}' "$i")"
+      "survivors.$(node_id "$i").forwards_retried=$(metric 'herald_cluster_forwards_total{result="retried"}' "$i")"
+      # The partitions each consumer has, and how far behind it is on them.
+      "survivors.$(node_id "$i").consumer_lag=$(metric herald_kafka_consumer_lag_messages "$i" series)"
+    )
+  done
+  write_json "$OUT/node-kill-cluster.json" nodes=3 "killed=$(node_id "$killed")" killed_entry="$killed" \
+    "started_at_ms=$started_at" "killed_at_ms=$killed_at" "session_timeout_s=$SESSION_TIMEOUT" \
+    "downlink_clients=fault-node-kill-downlink-" "receipts=node-kill-receipts.txt" \
+    "${survivors[@]}" \
+    "log=$(node_lines 'gone node' 0 2)" "fatal=$(node_lines FATAL 0 1 2)"
+  stop_cluster
+}
+
+# A TCP proxy for the takeover scenario: forwards connections on LISTEN to node 0 until
+# SIGUSR1, then cuts them off: it stops listening and closes the terminals' side, while it
+# keeps node 0's side open and reads (and drops) whatever node 0 still sends, as a NAT or
+# a network change leaves a connection half-open. On SIGTERM it writes REPORT: the
+# connections open at the cut and, for those node 0 closed, ms from the cut to the close.
+takeover_proxy() { # LISTEN UPSTREAM REPORT
+  # exec: run in the background, the signals must reach Python, not a subshell.
+  exec python3 - "$@" <<'PY'
+import asyncio, json, signal, sys, time
+
+listen, upstream, report = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+connections, closed_after_ms = set(), []
+cut = {"at": None, "open": 0, "accepted": 0, "bytes_after": 0}
+
+async def serve(terminal_reader, terminal):
+    cut["accepted"] += 1
+    try:
+        node_reader, node = await asyncio.open_connection("127.0.0.1", upstream)
+    except OSError:
+        terminal.close()
+        return
+    connection = (terminal, node)
+    connections.add(connection)
+
+    async def to_node():
+        try:
+            while data := await terminal_reader.read(65536):
+                if cut["at"] is not None:
+                    return
+                node.write(data)
+                await node.drain()
+        except OSError:
+            pass
+        if cut["at"] is None:  # the terminal hung up before the cut: so does the proxy
+            node.close()
+
+    async def to_terminal():
+        try:
+            while data := await node_reader.read(65536):
+                if cut["at"] is None:
+                    terminal.write(data)
+                    await terminal.drain()
+                else:
+                    cut["bytes_after"] += len(data)
+        except OSError:
+            pass
+        if cut["at"] is not None and connection in connections:
+            closed_after_ms.append(round((time.monotonic() - cut["at"]) * 1000))
+        terminal.close()
+        connections.discard(connection)
+
+    await asyncio.gather(to_node(), to_terminal())
+    connections.discard(connection)
+
+async def main():
+    server = await asyncio.start_server(serve, "127.0.0.1", listen)
+    loop, done = asyncio.get_running_loop(), asyncio.Event()
+
+    def cut_off():
+        cut["at"], cut["open"] = time.monotonic(), len(connections)
+        server.close()
+        for terminal, _ in connections:
+            terminal.transport.abort()
+
+    loop.add_signal_handler(signal.SIGUSR1, cut_off)
+    loop.add_signal_handler(signal.SIGTERM, done.set)
+    await done.wait()
+    closed = sorted(closed_after_ms)
+    with open(report, "w") as f:
+        json.dump({"accepted": cut["accepted"], "open_at_cut": cut["open"],
+                   "closed_by_node": len(closed), "closed_after_ms": closed,
+                   "bytes_from_node_after_cut": cut["bytes_after"]}, f, indent=2)
+
+asyncio.run(main())
+PY
+}
+
+# The terminals of node 0 (a third of the fleet, uplink and downlink) reach it through
+# takeover_proxy, which cuts them off mid-run and leaves node 0's side of their
+# connections open. They reconnect to node 1 (--move-on-reconnect) while commands and
+# scans flow; node 0 must see them in the presence topic, close the half-open
+# connections (taken over) and let node 1 have what was waiting for them.
+scenario_takeover() {
+  start_cluster
+  takeover_proxy "$PROXY_PORT" "$(node_port 0)" "$OUT/takeover-proxy.json" &
+  local proxy=$! hosts takeovers_before started_at
+  wait_listening "$PROXY_PORT" "$proxy" "the takeover proxy"
+  hosts="127.0.0.1:$PROXY_PORT,$(node_hosts 1 2)"
+  takeovers_before=$(metric herald_cluster_takeovers_total 0)
+  started_at=$(now_ms)
+  # Cut off, a terminal waits up to 1 s before it reconnects (firmware backoff): node 0
+  # goes on sending it commands meanwhile, which must reach it on node 1.
+  local moving=(-h "$hosts" --move-on-reconnect --backoff-initial-ms 1000)
+  uplink_load takeover-uplink "${moving[@]}"
+  downlink_load takeover-downlink "${moving[@]}"
+  at "$FAULT_AT"
+  log "the terminals of node 0 cut off, half-open on its side; they move to node 1"
+  local cut_at
+  cut_at=$(now_ms)
+  kill -USR1 "$proxy"
+  wait_load
+  # Node 0's side of the connections it did not close goes now; nothing of it may
+  # reach the presence topic.
+  kill -TERM "$proxy"
+  wait "$proxy" || log "the takeover proxy failed"
+  sleep 2
+  dump_topic herald.presence fault-takeover- "$OUT/takeover-presence.txt"
+  write_json "$OUT/takeover-cluster.json" nodes=3 "from=$(node_id 0)" "to=$(node_id 1)" \
+    from_entry=0 "started_at_ms=$started_at" "cut_at_ms=$cut_at" \
+    "takeovers_before=$takeovers_before" "takeovers_after=$(metric herald_cluster_takeovers_total 0)" \
+    "clients=[\"fault-takeover-uplink-\", \"fault-takeover-downlink-\"]" \
+    "terminals=$TERMINALS" "proxy=takeover-proxy.json" "presence=takeover-presence.txt" \
+    "fatal=$(node_lines FATAL 0 1 2)"
+  stop_cluster
+}
+
 log "Kafka on $KAFKA ($KAFKA_DIR)"
 kafka start >/dev/null
-: >"$OUT/herald.log"
+for i in 0 1 2; do : >"$(node_log "$i")"; done
 write_config device
 start_herald
 LOAD_PIDS=()
 for scenario in "${SCENARIOS[@]}"; do
   declare -F "scenario_$scenario" >/dev/null || { log "unknown scenario $scenario"; exit 2; }
   log "== $scenario"
-  [[ -n $HERALD_PID ]] || start_herald
+  node_running 0 || start_herald
   "scenario_$scenario"
 done
 stop_herald TERM
 
-python3 benches/faults_summary.py "$OUT" "${SCENARIOS[@]}" | tee "$OUT/summary.md"
+summary=0
+python3 benches/faults_summary.py "$OUT" "${SCENARIOS[@]}" | tee "$OUT/summary.md" || summary=1
+if ((${#STUCK[@]})); then
+  printf 'Herald did not stop: %s\n' "${STUCK[@]}" | tee -a "$OUT/summary.md"
+  summary=1
+fi
+((summary == 0)) # the exit status
