@@ -86,21 +86,18 @@ pub(crate) fn consumer_config(
     )?;
     let node = config.cluster.node_id();
     let client_id = |what: &str| format!("{}-{node}-{what}", config.client_id);
-    // Every member of a group must speak the same assignment protocol.
-    let cooperative = |client: &mut ClientConfig| {
-        client.set("partition.assignment.strategy", "cooperative-sticky");
+    // Every member of a group must speak the same assignment protocol, and
+    // a dead member (an adopter too) must not hold partitions longer than
+    // the cluster's session timeout.
+    let session_timeout_ms = config.cluster.session_timeout.as_millis().max(1);
+    let group_member = |client: &mut ClientConfig| {
+        client
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", session_timeout_ms.to_string());
     };
     let static_member = |client: &mut ClientConfig| {
-        cooperative(client);
-        client.set("group.instance.id", &node).set(
-            "session.timeout.ms",
-            config
-                .cluster
-                .session_timeout
-                .as_millis()
-                .max(1)
-                .to_string(),
-        );
+        group_member(client);
+        client.set("group.instance.id", &node);
     };
     let mut client = match role {
         ConsumerRole::Downlink => {
@@ -127,7 +124,7 @@ pub(crate) fn consumer_config(
                 &client_id(&format!("adopted-{gone}")),
                 &inbox_group(config, gone),
             );
-            cooperative(&mut client);
+            group_member(&mut client);
             client
         }
         ConsumerRole::PresenceView => {
@@ -189,6 +186,7 @@ mod tests {
             adopted.get("partition.assignment.strategy"),
             Some("cooperative-sticky")
         );
+        assert_eq!(adopted.get("session.timeout.ms"), Some("30000"));
         let view = consumer_config(&config, ConsumerRole::PresenceView).unwrap();
         assert_eq!(view.get("enable.auto.commit"), Some("false"));
     }

@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// The downlink side of one Herald node.
 pub struct DownlinkBridge {
@@ -48,11 +48,47 @@ pub struct DownlinkBridge {
 
 struct Consumers {
     dispatcher: Arc<Dispatcher>,
-    downlink: Arc<CommandConsumer>,
-    inbox: Arc<CommandConsumer>,
-    downlink_topic: String,
-    inbox_topic: String,
+    source: ConsumerSource,
     orphans: OrphanInboxes,
+}
+
+/// How to make a command consumer of a node (again, after a fatal error).
+#[derive(Clone)]
+pub(crate) struct ConsumerSource {
+    config: KafkaConfig,
+    stats: KafkaStatsMetrics,
+}
+
+/// Which command consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CommandSource {
+    Downlink,
+    Inbox,
+    Adopted(String),
+}
+
+impl ConsumerSource {
+    pub(crate) fn new(config: &KafkaConfig, stats: &KafkaStatsMetrics) -> Self {
+        Self {
+            config: config.clone(),
+            stats: stats.clone(),
+        }
+    }
+
+    /// A new consumer of `source`, subscribed.
+    fn subscribe(&self, source: &CommandSource) -> Result<Arc<CommandConsumer>, BridgeError> {
+        let node = self.config.cluster.node_id();
+        let (role, topic) = match source {
+            CommandSource::Downlink => (ConsumerRole::Downlink, self.config.downlink.topic.clone()),
+            CommandSource::Inbox => (ConsumerRole::Inbox, inbox_topic(&self.config, &node)),
+            CommandSource::Adopted(gone) => {
+                (ConsumerRole::Adopted(gone), inbox_topic(&self.config, gone))
+            }
+        };
+        let consumer = create_consumer(&self.config, role, &self.stats)?;
+        consumer.subscribe(&[&topic])?;
+        Ok(Arc::new(consumer))
+    }
 }
 
 impl DownlinkBridge {
@@ -80,19 +116,18 @@ impl DownlinkBridge {
                 settings,
                 registry,
             )?);
+            let source = ConsumerSource::new(config, stats);
             Some(Consumers {
-                downlink: Arc::new(create_consumer(config, ConsumerRole::Downlink, stats)?),
-                inbox: Arc::new(create_consumer(config, ConsumerRole::Inbox, stats)?),
-                downlink_topic: config.downlink.topic.clone(),
-                inbox_topic: inbox_topic(config, view.node()),
                 orphans: OrphanInboxes::new(
                     config,
                     view.clone(),
                     dispatcher.clone(),
+                    source.clone(),
                     stats,
                     registry,
                 )?,
                 dispatcher,
+                source,
             })
         } else {
             None
@@ -126,36 +161,19 @@ impl DownlinkBridge {
             _ = drain.cancelled() => return,
             _ = self.view.ready() => {}
         }
-        let subscribed = [
-            (&consumers.downlink, &consumers.downlink_topic),
-            (&consumers.inbox, &consumers.inbox_topic),
-        ]
-        .into_iter()
-        .all(
-            |(consumer, topic)| match consumer.subscribe(&[topic.as_str()]) {
-                Ok(()) => true,
-                Err(error) => {
-                    warn!(topic, %error, "cannot subscribe; downlinks stay off");
-                    false
-                }
-            },
-        );
-        if !subscribed {
-            return;
-        }
-        info!(downlink = %consumers.downlink_topic, inbox = %consumers.inbox_topic, "consuming commands");
         let max_inflight = self.max_inflight;
-        let dispatcher = consumers.dispatcher.clone();
         let downlink = consume(
-            consumers.downlink,
-            dispatcher.clone(),
+            consumers.source.clone(),
+            CommandSource::Downlink,
+            consumers.dispatcher.clone(),
             max_inflight,
             drain.clone(),
             shutdown.clone(),
         );
         let inbox = consume(
-            consumers.inbox,
-            dispatcher,
+            consumers.source,
+            CommandSource::Inbox,
+            consumers.dispatcher,
             max_inflight,
             drain.clone(),
             shutdown.clone(),
@@ -165,30 +183,88 @@ impl DownlinkBridge {
     }
 }
 
-/// Consumes commands from `consumer` until `drain`, settles each, stores
-/// offsets as far as commands are handled, and commits at the end.
+/// Consumes commands from `source` until `drain`, settles each, stores
+/// offsets as far as commands are handled, and commits at the end. A
+/// consumer that fails for good (librdkafka's fatal errors, e.g. a static
+/// member fenced after its session timed out) is replaced by a new one,
+/// which resumes from the committed offsets.
 pub(crate) async fn consume(
-    consumer: Arc<CommandConsumer>,
+    factory: ConsumerSource,
+    source: CommandSource,
     dispatcher: Arc<Dispatcher>,
     max_inflight: usize,
     drain: CancellationToken,
     shutdown: CancellationToken,
 ) {
-    let tracker = Arc::new(Mutex::new(OffsetWatermark::new()));
+    // Shared by every consumer of the source: the commands in flight stay
+    // bounded across a replacement.
     let slots = Arc::new(Semaphore::new(max_inflight));
+    let last = loop {
+        let consumer = match factory.subscribe(&source) {
+            Ok(consumer) => consumer,
+            Err(error) => {
+                warn!(?source, %error, "cannot start a command consumer; retrying");
+                tokio::select! {
+                    _ = drain.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
+                }
+            }
+        };
+        info!(?source, "consuming commands");
+        match consume_with(&consumer, &dispatcher, &slots, &drain, &shutdown).await {
+            Ok(()) => break consumer,
+            Err(error) => {
+                error!(?source, %error, "command consumer failed for good; starting a new one");
+                tokio::select! {
+                    _ = drain.cancelled() => break consumer,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
+    debug!(
+        ?source,
+        "command consumer stopped; waiting for the commands in flight"
+    );
+    let all = u32::try_from(max_inflight).unwrap_or(u32::MAX);
+    tokio::select! {
+        _ = slots.acquire_many(all) => {}
+        _ = shutdown.cancelled() => {}
+    }
+    // A synchronous commit waits on the network: not on a runtime thread.
+    let committed =
+        tokio::task::spawn_blocking(move || last.commit_consumer_state(CommitMode::Sync)).await;
+    if let Ok(Err(error)) = committed {
+        debug!(%error, "final command offset commit");
+    }
+}
+
+/// One consumer's loop: returns at `drain`, or with the fatal error that
+/// ended it.
+async fn consume_with(
+    consumer: &Arc<CommandConsumer>,
+    dispatcher: &Arc<Dispatcher>,
+    slots: &Arc<Semaphore>,
+    drain: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> Result<(), String> {
+    let tracker = Arc::new(Mutex::new(OffsetWatermark::new()));
     loop {
         let permit = tokio::select! {
-            _ = drain.cancelled() => break,
-            permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
+            _ = drain.cancelled() => return Ok(()),
+            permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => return Ok(()) },
         };
         let message = tokio::select! {
-            _ = drain.cancelled() => break,
+            _ = drain.cancelled() => return Ok(()),
             message = consumer.recv() => message,
         };
         let message = match message {
             Ok(message) => message.detach(),
             Err(error) => {
-                warn!(%error, "downlink consumer error");
+                if let Some((code, reason)) = consumer.client().fatal_error() {
+                    return Err(format!("{code:?}: {reason}"));
+                }
+                warn!(%error, "command consumer error");
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
@@ -228,21 +304,9 @@ pub(crate) async fn consume(
                 .complete(&topic, partition, offset);
             if let Some(next) = store {
                 if let Err(error) = watermark::store(&*consumer, &topic, partition, next) {
-                    debug!(%error, topic, partition, "offset not stored (partition revoked?)");
+                    debug!(%error, topic, partition, "offset not stored (partition revoked, or its consumer replaced)");
                 }
             }
         });
-    }
-    debug!("command consumer stopped; waiting for the commands in flight");
-    let all = u32::try_from(max_inflight).unwrap_or(u32::MAX);
-    tokio::select! {
-        _ = slots.acquire_many(all) => {}
-        _ = shutdown.cancelled() => {}
-    }
-    // A synchronous commit waits on the network: not on a runtime thread.
-    let committed =
-        tokio::task::spawn_blocking(move || consumer.commit_consumer_state(CommitMode::Sync)).await;
-    if let Ok(Err(error)) = committed {
-        debug!(%error, "final command offset commit");
     }
 }

@@ -16,11 +16,9 @@
 //! before it joins) is not taken for gone: a dead node's inbox is taken
 //! over about two session timeouts after its death.
 
-use crate::consumers::{
-    consumer_config, create_consumer, inbox_group, inbox_topic, inbox_topic_prefix, ConsumerRole,
-};
+use crate::consumers::{consumer_config, inbox_group, inbox_topic_prefix, ConsumerRole};
 use crate::dispatch::Dispatcher;
-use crate::downlink::consume;
+use crate::downlink::{consume, CommandSource, ConsumerSource};
 use crate::presence_view::PresenceView;
 use crate::{BridgeError, KafkaConfig};
 use herald_kafka::stats::{KafkaStatsMetrics, StatsContext};
@@ -43,7 +41,7 @@ pub(crate) struct OrphanInboxes {
     dispatcher: Arc<Dispatcher>,
     /// For metadata and group queries only.
     admin: Arc<BaseConsumer<StatsContext>>,
-    stats: KafkaStatsMetrics,
+    source: ConsumerSource,
     adopted: IntGauge,
     gone: IntGauge,
 }
@@ -60,6 +58,7 @@ impl OrphanInboxes {
         config: &KafkaConfig,
         view: Arc<PresenceView>,
         dispatcher: Arc<Dispatcher>,
+        source: ConsumerSource,
         stats: &KafkaStatsMetrics,
         registry: &Registry,
     ) -> Result<Self, BridgeError> {
@@ -79,7 +78,7 @@ impl OrphanInboxes {
                 consumer_config(config, ConsumerRole::PresenceView)?
                     .create_with_context(StatsContext::new(stats.clone(), "inbox-survey"))?,
             ),
-            stats: stats.clone(),
+            source,
             view,
             dispatcher,
             adopted,
@@ -132,16 +131,11 @@ impl OrphanInboxes {
                 self.view.mark_gone(&inbox.node, orphaned);
                 let mine = orphaned && adopter_of(&inbox.node, &live) == Some(me.as_str());
                 match (mine, adopters.contains_key(&inbox.node)) {
-                    (true, false) => match self.adopt(&inbox.node, max_inflight, &drain, &shutdown)
-                    {
-                        Ok(adopter) => {
-                            info!(node = %inbox.node, "taking over the inbox of a gone node");
-                            adopters.insert(inbox.node.clone(), adopter);
-                        }
-                        Err(error) => {
-                            warn!(node = %inbox.node, %error, "cannot take over an orphaned inbox")
-                        }
-                    },
+                    (true, false) => {
+                        info!(node = %inbox.node, "taking over the inbox of a gone node");
+                        let adopter = self.adopt(&inbox.node, max_inflight, &drain, &shutdown);
+                        adopters.insert(inbox.node.clone(), adopter);
+                    }
                     (false, true) => {
                         if let Some((stop, task)) = adopters.remove(&inbox.node) {
                             info!(node = %inbox.node, "leaving the inbox of a node that is back");
@@ -167,18 +161,17 @@ impl OrphanInboxes {
         max_inflight: usize,
         drain: &CancellationToken,
         shutdown: &CancellationToken,
-    ) -> Result<(CancellationToken, JoinHandle<()>), BridgeError> {
-        let consumer = create_consumer(&self.config, ConsumerRole::Adopted(node), &self.stats)?;
-        consumer.subscribe(&[&inbox_topic(&self.config, node)])?;
+    ) -> (CancellationToken, JoinHandle<()>) {
         let stop = drain.child_token();
         let task = tokio::spawn(consume(
-            Arc::new(consumer),
+            self.source.clone(),
+            CommandSource::Adopted(node.to_string()),
             self.dispatcher.clone(),
             max_inflight,
             stop.clone(),
             shutdown.clone(),
         ));
-        Ok((stop, task))
+        (stop, task)
     }
 
     /// Every inbox topic, and whether a member of its node's own (not an

@@ -190,6 +190,7 @@ async fn run(config: HeraldConfig) -> anyhow::Result<()> {
     // A drain (SIGTERM) ends here once every connection closed, or after
     // drain_period + shutdown_grace; then `shutdown` stops everything else.
     broker.wait().await;
+    exit_if_stuck(config.broker.shutdown_grace + Duration::from_secs(30));
     let _ = downlink_task.await;
     tracing::info!("flushing the Kafka producers");
     let flusher = sink.clone();
@@ -204,6 +205,21 @@ async fn run(config: HeraldConfig) -> anyhow::Result<()> {
     let _ = http.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The rest of a shutdown (downlink commits, producer flushes, closing
+/// the Kafka clients) is bounded: librdkafka can block for good while
+/// closing a consumer whose group coordinator does not answer, and a pod
+/// must not hang until Kubernetes kills it. After `limit`, the process exits.
+fn exit_if_stuck(limit: Duration) {
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        tracing::error!(
+            ?limit,
+            "shutdown did not finish (Kafka clients not closing); exiting"
+        );
+        std::process::exit(1);
+    });
 }
 
 /// SIGTERM or Ctrl-C starts the drain (docs/operations.md, "Shutdown").

@@ -333,9 +333,8 @@ async fn the_newest_connection_wins_across_nodes() {
     .await;
     let latest = records
         .iter()
-        .filter(|r| r.key.as_deref() == Some(device.as_bytes()))
+        .rfind(|r| r.key.as_deref() == Some(device.as_bytes()))
         .map(|r| PresenceEvent::decode(&r.payload[..]).unwrap())
-        .last()
         .expect("presence records");
     assert!(latest.online && latest.node == "node-1", "{latest:?}");
 
