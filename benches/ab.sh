@@ -63,8 +63,10 @@ start() { # BUILD MODE
   config "$2"
   "${BIN[$1]}" --config "$OUT/herald.toml" run >>"$OUT/herald.log" 2>&1 &
   HERALD=$!
-  for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
+  # Ready: listening, Kafka reachable and (since issue #9) the presence
+  # topic replayed, so that the replay's memory is not counted per session.
+  for _ in $(seq 600); do
+    curl -fs "http://127.0.0.1:$HTTP/readyz" >/dev/null 2>&1 && break
     sleep 0.1
   done
   sleep 2
