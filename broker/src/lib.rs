@@ -149,9 +149,7 @@ impl BrokerHandle {
         }
         ticket
     }
-}
 
-impl BrokerHandle {
     /// Whether `client_id` has a connection to this node now.
     pub fn is_connected(&self, client_id: &str) -> bool {
         self.shared
