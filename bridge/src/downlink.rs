@@ -123,7 +123,6 @@ impl DownlinkBridge {
                     view.clone(),
                     dispatcher.clone(),
                     source.clone(),
-                    stats,
                     registry,
                 )?,
                 dispatcher,

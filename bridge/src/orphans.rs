@@ -21,7 +21,7 @@ use crate::dispatch::Dispatcher;
 use crate::downlink::{consume, CommandSource, ConsumerSource};
 use crate::presence_view::PresenceView;
 use crate::{BridgeError, KafkaConfig};
-use herald_kafka::stats::{KafkaStatsMetrics, StatsContext};
+use herald_kafka::stats::with_statistics;
 use prometheus::{IntGauge, Registry};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::collections::{BTreeSet, HashMap};
@@ -40,7 +40,7 @@ pub(crate) struct OrphanInboxes {
     view: Arc<PresenceView>,
     dispatcher: Arc<Dispatcher>,
     /// For metadata and group queries only.
-    admin: Arc<BaseConsumer<StatsContext>>,
+    admin: Arc<BaseConsumer>,
     source: ConsumerSource,
     adopted: IntGauge,
     gone: IntGauge,
@@ -59,7 +59,6 @@ impl OrphanInboxes {
         view: Arc<PresenceView>,
         dispatcher: Arc<Dispatcher>,
         source: ConsumerSource,
-        stats: &KafkaStatsMetrics,
         registry: &Registry,
     ) -> Result<Self, BridgeError> {
         let adopted = IntGauge::new(
@@ -74,10 +73,7 @@ impl OrphanInboxes {
         registry.register(Box::new(gone.clone()))?;
         Ok(Self {
             config: config.clone(),
-            admin: Arc::new(
-                consumer_config(config, ConsumerRole::PresenceView)?
-                    .create_with_context(StatsContext::new(stats.clone(), "inbox-survey"))?,
-            ),
+            admin: Arc::new(survey_client(config)?),
             source,
             view,
             dispatcher,
@@ -210,6 +206,14 @@ impl OrphanInboxes {
             })
         })
     }
+}
+
+/// A client for metadata and group queries. It is never polled, so it must
+/// not produce events nobody takes (statistics would pile up in its queue).
+fn survey_client(config: &KafkaConfig) -> Result<BaseConsumer, BridgeError> {
+    let mut client = consumer_config(config, ConsumerRole::PresenceView)?;
+    with_statistics(&mut client, Duration::ZERO);
+    Ok(client.create()?)
 }
 
 /// The live node that takes over `gone`'s inbox: the highest rendezvous

@@ -208,7 +208,7 @@ impl PresenceFollower {
         }
         self.view.set_ready();
         info!(
-            devices_online = self.view.len(),
+            devices_on_other_nodes = self.view.len(),
             closed_from_before_restart = leftovers.len(),
             took = ?replay_started.elapsed(),
             "presence view ready"
