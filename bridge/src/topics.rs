@@ -100,7 +100,21 @@ pub(crate) async fn ensure(config: &KafkaConfig, give_up: Duration) {
         .filter(|t| !existing.contains(&t.name))
         .collect();
     let still_missing = if config.cluster.create_topics && !missing.is_empty() {
-        create(&admin, &missing).await
+        let failed = create(&admin, &missing).await;
+        // Subscribing before the metadata lists a new topic fails the
+        // subscription ("Subscribed topic not available") until a refresh.
+        let created: Vec<&str> = missing
+            .iter()
+            .filter(|t| !failed.iter().any(|f| f.name == t.name))
+            .map(|t| t.name.as_str())
+            .collect();
+        for _ in 0..50 {
+            match existing_topics(&admin).await {
+                Ok(now) if created.iter().all(|t| now.contains(*t)) => break,
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        failed
     } else {
         missing
     };
