@@ -577,11 +577,14 @@ kafka start >/dev/null
 for i in 0 1 2; do : >"$(node_log "$i")"; done
 write_config device
 start_herald
+# Herald creates its topics on a fresh Kafka before it is ready; the load tool
+# reads the uplink topic's end offsets first.
+wait_ready 0
 LOAD_PIDS=()
 for scenario in "${SCENARIOS[@]}"; do
   declare -F "scenario_$scenario" >/dev/null || { log "unknown scenario $scenario"; exit 2; }
   log "== $scenario"
-  node_running 0 || start_herald
+  node_running 0 || { start_herald && wait_ready 0; }
   "scenario_$scenario"
 done
 stop_herald TERM
