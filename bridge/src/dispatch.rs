@@ -10,7 +10,7 @@
 //! once that receipt (or the forward) is acknowledged by Kafka.
 
 use crate::presence::now_ms;
-use crate::presence_view::{Location, PresenceView};
+use crate::presence_view::PresenceView;
 use crate::producer::HeraldProducer;
 use herald_broker::{BrokerHandle, DeliveryOutcome, DeliveryTicket, Downlink};
 use herald_schemas::headers;
@@ -235,10 +235,7 @@ impl Dispatcher {
         if routed.forwards >= self.settings.max_forwards || self.handle.is_connected(device_id) {
             return None;
         }
-        match self.view.locate(device_id) {
-            Location::Node(node) => Some(node),
-            Location::Nowhere => None,
-        }
+        self.view.locate(device_id)
     }
 
     fn forward(&self, routed: &Routed, node: &str) -> Option<DeliveryFuture> {

@@ -20,17 +20,6 @@ use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use tokio::sync::{watch, Notify};
 
-/// Where a device is, as far as other nodes go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Location {
-    /// Connected to another node, which consumes its inbox.
-    Node(Arc<str>),
-    /// Here, offline, unknown, or held by a node that is gone: a command
-    /// for it stays on this node (and waits there until the device
-    /// connects).
-    Nowhere,
-}
-
 /// The connection holding a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Holder {
@@ -107,12 +96,13 @@ impl PresenceView {
     }
 
     /// The other node holding `device_id`, if one does and is not gone.
-    /// (Whether it is connected here is the broker's to say.)
-    pub fn locate(&self, device_id: &str) -> Location {
-        match self.devices.get(device_id).map(|h| h.node.clone()) {
-            Some(holder) if !self.is_gone(&holder) => Location::Node(holder),
-            _ => Location::Nowhere,
-        }
+    /// `None` (here, offline, unknown, or on a gone node): a command for it
+    /// stays on this node. Whether it is connected here is the broker's to say.
+    pub fn locate(&self, device_id: &str) -> Option<Arc<str>> {
+        self.devices
+            .get(device_id)
+            .map(|h| h.node.clone())
+            .filter(|holder| !self.is_gone(holder))
     }
 
     /// True if another node holds a connection of `device_id` newer than
@@ -258,14 +248,14 @@ mod tests {
             for i in order {
                 view.apply(&records[i]);
             }
-            assert_eq!(view.locate("d"), Location::Node("b".into()), "{order:?}");
+            assert_eq!(view.locate("d"), Some("b".into()), "{order:?}");
         }
         // Node b itself keeps nothing: its own devices are its broker's.
         let view = PresenceView::new("b");
         for record in &records {
             view.apply(record);
         }
-        assert_eq!(view.locate("d"), Location::Nowhere);
+        assert_eq!(view.locate("d"), None);
         assert!(view.is_empty());
         // A connection here ends the view's older one elsewhere.
         let view = PresenceView::new("b");
@@ -292,9 +282,9 @@ mod tests {
         assert!(view.held_elsewhere_since("d", 10));
         assert!(!view.held_elsewhere_since("d", 20));
         view.mark_gone("b", true);
-        assert_eq!(view.locate("d"), Location::Nowhere);
+        assert_eq!(view.locate("d"), None);
         view.mark_gone("b", false);
-        assert_eq!(view.locate("d"), Location::Node("b".into()));
+        assert_eq!(view.locate("d"), Some("b".into()));
     }
 
     #[tokio::test]
