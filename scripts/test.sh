@@ -11,6 +11,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/install-deps.sh
 deploy/kafka/kafka.sh start >/dev/null
 
+# On CI the build happens once: incremental caches only cost disk there.
+[[ -n ${CI:-} ]] && export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+
 # Two cores: run test binaries' tests two at a time.
 export RUST_TEST_THREADS=${RUST_TEST_THREADS:-2}
 cargo test --workspace --locked "$@"
