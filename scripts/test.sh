@@ -17,6 +17,7 @@ deploy/kafka/kafka.sh start >/dev/null
 # Two cores: run test binaries' tests two at a time.
 export RUST_TEST_THREADS=${RUST_TEST_THREADS:-2}
 cargo test --workspace --locked "$@"
+[[ ${HERALD_SKIP_CHART:-0} == 1 ]] || scripts/chart-check.sh  # Helm chart: lint, template, kubernetes-validate --strict (installs helm, kubernetes-validate if missing)
 
 # Fault injection, short variant (benches/faults.sh --short: seconds per scenario, its own
 # Kafka on port 19392 and Herald on 21885): every scenario must end with 0
