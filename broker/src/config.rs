@@ -83,6 +83,11 @@ pub struct BrokerConfig {
     /// (or at once, without a drain) before dropping them. Default 10s.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Whether every connection on the MQTT listeners (plain and TLS) starts
+    /// with a PROXY protocol v2 header from a load balancer; Herald then logs
+    /// the terminal's address it carries. Connections without one are closed.
+    /// Turn on only behind a load balancer that sends it. Default false.
+    pub proxy_protocol: bool,
     /// Device authentication and topic ACL.
     pub auth: AuthConfig,
     /// Limits on what one client may send or make the broker hold.
@@ -113,6 +118,7 @@ impl Default for BrokerConfig {
             drain_rate: 1000,
             server_reference: None,
             shutdown_grace: Duration::from_secs(10),
+            proxy_protocol: false,
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             admission: AdmissionConfig::default(),

@@ -27,6 +27,7 @@ mod events;
 mod flapping;
 mod io;
 mod metrics;
+mod proxy_protocol;
 mod retained;
 mod router;
 mod server;

@@ -8,6 +8,7 @@ pub(crate) struct Metrics {
     pub connections: IntGauge,
     pub sessions: IntGauge,
     pub connection_limit: IntGauge,
+    pub draining: IntGauge,
     pub connects: IntCounterVec,
     pub auth_failures: IntCounterVec,
     pub disconnects: IntCounterVec,
@@ -55,6 +56,10 @@ impl Metrics {
             connection_limit: gauge(
                 "herald_connection_limit",
                 "Most connections accepted before CONNACK server unavailable.",
+            )?,
+            draining: gauge(
+                "herald_draining",
+                "1 once the node drains its connections to stop (SIGTERM), else 0.",
             )?,
             connects: counter_vec(
                 "herald_connects_total",

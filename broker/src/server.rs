@@ -3,6 +3,7 @@
 
 use crate::config::{BrokerConfig, ConfigError, TlsConfig};
 use crate::connection;
+use crate::proxy_protocol;
 use crate::{
     Authenticator, BrokerHandle, BrokerHooks, DelayedWills, FlappingDetector, Metrics, Registry,
     RetainedStore, Router, Shared,
@@ -14,7 +15,7 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -115,6 +116,13 @@ impl Broker {
             ));
         }
         tracker.spawn(sweep_sessions(shared.clone()));
+        tracker.spawn({
+            let shared = shared.clone();
+            async move {
+                shared.drain.cancelled().await;
+                shared.metrics.draining.set(1);
+            }
+        });
         if let Some(path) = shared.config.auth.revocation_file.clone() {
             tracker.spawn(watch_revocations(shared.clone(), path));
         }
@@ -294,7 +302,7 @@ async fn accept_loop(
             _ = shared.drain.cancelled() => return, // also on shutdown
             accepted = listener.accept() => accepted,
         };
-        let (stream, _peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(pair) => pair,
             Err(error) => {
                 // EMFILE/ENFILE: out of descriptors. Back off instead of spinning.
@@ -333,7 +341,9 @@ async fn accept_loop(
             let guard = HandshakeGuard::new(&handshaking);
             tracker.spawn(async move {
                 let _guard = guard;
-                connection::refuse_unadmitted(shared_conn, stream, refusal).await;
+                if let Some((stream, _)) = behind_proxy(&shared_conn, stream, peer).await {
+                    connection::refuse_unadmitted(shared_conn, stream, refusal).await;
+                }
             });
             continue;
         }
@@ -341,16 +351,22 @@ async fn accept_loop(
         match &tls {
             None => {
                 tracker.spawn(async move {
-                    connection::serve(shared_conn, stream, guard).await;
+                    if let Some((stream, peer)) = behind_proxy(&shared_conn, stream, peer).await {
+                        connection::serve(shared_conn, stream, peer, guard).await;
+                    }
                 });
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 tracker.spawn(async move {
+                    let Some((stream, peer)) = behind_proxy(&shared_conn, stream, peer).await
+                    else {
+                        return;
+                    };
                     let timeout = shared_conn.config.connect_timeout;
                     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
-                            connection::serve(shared_conn, tls_stream, guard).await
+                            connection::serve(shared_conn, tls_stream, peer, guard).await
                         }
                         Ok(Err(error)) => {
                             shared_conn
@@ -372,6 +388,36 @@ async fn accept_loop(
             }
         }
     }
+}
+
+/// The stream and the terminal's address: the socket's peer, or with
+/// `proxy_protocol` on, the address in the PROXY header the load balancer
+/// sent first (read within the connect timeout). `None`: the connection had
+/// no valid header and is closed; counted as a `proxy_header` protocol error.
+async fn behind_proxy(
+    shared: &Shared,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<(TcpStream, SocketAddr)> {
+    if !shared.config.proxy_protocol {
+        return Some((stream, peer));
+    }
+    let timeout = shared.config.connect_timeout;
+    let error = match tokio::time::timeout(timeout, proxy_protocol::read_header(&mut stream)).await
+    {
+        Ok(Ok(source)) => return Some((stream, source.unwrap_or(peer))),
+        Ok(Err(error)) => error.to_string(),
+        Err(_) => "no PROXY header within the connect timeout".to_string(),
+    };
+    shared
+        .metrics
+        .protocol_errors
+        .with_label_values(&["proxy_header"])
+        .inc();
+    if shared.admission_log.check().is_ok() {
+        info!(%peer, %error, "closing connection without a valid PROXY header");
+    }
+    None
 }
 
 /// Log lines per second about refused CONNECTs, across the node.

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser)]
 #[command(
     name = "herald-consumers",
-    version,
+    version = herald_build_info::VERSION,
     about = "Herald's stateless Kafka services"
 )]
 struct Cli {
@@ -61,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
     registry.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
     ))?;
+    herald_build_info::register(&registry)?;
     let shutdown = CancellationToken::new();
 
     let listen = config

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser)]
 #[command(
     name = "herald",
-    version,
+    version = herald_build_info::VERSION,
     about = "MQTT broker and Kafka bridge for payment terminals"
 )]
 struct Cli {
@@ -108,6 +108,8 @@ async fn run(config: HeraldConfig) -> anyhow::Result<()> {
     registry.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
     ))?;
+    herald_build_info::register(&registry)?;
+    tracing::info!(version = herald_build_info::VERSION, "starting Herald");
 
     // One set of librdkafka statistics metrics, labelled by client.
     let kafka_stats = herald_kafka::stats::KafkaStatsMetrics::register(&registry)?;

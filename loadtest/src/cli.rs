@@ -16,7 +16,7 @@ use std::time::Duration;
 #[derive(Parser, Debug)]
 #[command(
     name = "herald-loadtest",
-    version,
+    version = herald_build_info::VERSION,
     disable_help_flag = true,
     about = "Simulate payment-terminal fleets against Herald or any MQTT broker"
 )]

@@ -11,6 +11,7 @@ use crate::session::{Attached, Message};
 use crate::topic::check_name;
 use crate::Shared;
 use futures::stream::FuturesOrdered;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -149,6 +150,7 @@ impl Connection {
     pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         shared: &Arc<Shared>,
         io: &mut Io<S>,
+        peer: SocketAddr,
         version: ProtocolVersion,
         generation: u64,
         connect: Connect,
@@ -217,7 +219,7 @@ impl Connection {
                 .with_label_values(&[failure.as_label()])
                 .inc();
             if shared.admission_log.check().is_ok() {
-                info!(client_id = %clip(&client_id, 128), reason = failure.as_label(), "authentication failed");
+                info!(client_id = %clip(&client_id, 128), %peer, reason = failure.as_label(), "authentication failed");
             }
             use crate::auth::AuthFailure;
             let (code, result) = match failure {
@@ -239,6 +241,7 @@ impl Connection {
             if shared.admission_log.check().is_ok() {
                 info!(
                     client_id = %clip(&client_id, 128),
+                    %peer,
                     ban = ?config.admission.flapping_ban,
                     "client reconnects too often; refusing it for a while"
                 );
@@ -358,6 +361,7 @@ impl Connection {
             server_keepalive = Some(keepalive);
         }
         let mut conn = Connection {
+            peer,
             shared: shared.clone(),
             session,
             generation,
@@ -408,7 +412,7 @@ impl Connection {
             properties,
         };
         conn.send(&mut io.wbuf, &Packet::ConnAck(ack));
-        debug!(client_id = %client_id, ?version, present, "client connected");
+        debug!(client_id = %client_id, %peer, ?version, present, "client connected");
         if present {
             conn.resend_inflight(&mut io.wbuf);
         }

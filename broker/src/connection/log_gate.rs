@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 macro_rules! gated_info {
     ($conn:expr, $($field:tt)+) => {
         if let Some(held_back) = $conn.log_gate.allow() {
-            tracing::info!(client_id = $conn.client_id(), held_back, $($field)+);
+            tracing::info!(client_id = $conn.client_id(), peer = %$conn.peer, held_back, $($field)+);
         }
     };
 }

@@ -31,6 +31,7 @@ use bytes::BytesMut;
 use futures::stream::{FuturesOrdered, StreamExt};
 use inbound::{PendingAck, Settled};
 use std::future::poll_fn;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -50,8 +51,15 @@ enum Event {
 }
 
 /// Serves one accepted connection until it closes.
-pub(crate) async fn serve<S>(shared: Arc<Shared>, stream: S, mut handshake: HandshakeGuard)
-where
+///
+/// `peer` is the terminal's address (from the PROXY header where there is
+/// one), kept for the connection's log lines.
+pub(crate) async fn serve<S>(
+    shared: Arc<Shared>,
+    stream: S,
+    peer: SocketAddr,
+    mut handshake: HandshakeGuard,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let mut io = Io::new(stream);
@@ -75,7 +83,7 @@ where
                 .protocol_errors
                 .with_label_values(&["connect_timeout"])
                 .inc();
-            debug!("no CONNECT within the connect timeout");
+            debug!(%peer, "no CONNECT within the connect timeout");
             return;
         }
     };
@@ -88,8 +96,10 @@ where
         return;
     };
     let generation = shared.registry.next_generation();
-    let Some(mut conn) =
-        Connection::accept(&shared, &mut io, version, generation, connect, will, login).await
+    let Some(mut conn) = Connection::accept(
+        &shared, &mut io, peer, version, generation, connect, will, login,
+    )
+    .await
     else {
         let _ = io.flush().await;
         return;
@@ -124,6 +134,8 @@ where
 struct Connection {
     shared: Arc<Shared>,
     session: Arc<Session>,
+    /// The terminal's address, for log lines.
+    peer: SocketAddr,
     generation: u64,
     version: ProtocolVersion,
     wake: Arc<Notify>,

@@ -117,7 +117,21 @@ impl Raw {
         will: Option<LastWill>,
         login: Option<Login>,
     ) -> (Raw, ConnAck) {
-        let mut raw = Raw::open(addr).await;
+        Raw::open(addr)
+            .await
+            .handshake(client_id, clean, will, login)
+            .await
+    }
+
+    /// Sends CONNECT on an open connection and waits for the CONNACK.
+    pub async fn handshake(
+        self,
+        client_id: &str,
+        clean: bool,
+        will: Option<LastWill>,
+        login: Option<Login>,
+    ) -> (Raw, ConnAck) {
+        let mut raw = self;
         let mut props = ConnectProperties::new();
         props.session_expiry_interval = Some(if clean { 0 } else { 300 });
         raw.send(Packet::Connect(
