@@ -260,3 +260,66 @@ async fn mosquitto_over_tls() {
         Some(&b"over tls"[..])
     );
 }
+
+/// Behind a load balancer that sends PROXY protocol v2 (`broker.proxy_protocol`):
+/// mosquitto_pub connects through a relay that writes the header first, as
+/// an AWS NLB does, and its uplink reaches Kafka; a direct connection is closed.
+#[tokio::test(flavor = "multi_thread")]
+async fn mosquitto_pub_behind_a_proxy_protocol_load_balancer() {
+    use ppp::v2::{Builder, Command as ProxyCommand, Protocol, Version};
+    let bootstrap = kafka();
+    let herald = Herald::start(&bootstrap, "# broker\nproxy_protocol = true\n");
+    herald.wait_ready();
+    let load_balancer = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_port = load_balancer.local_addr().unwrap().port();
+    let upstream = herald.mqtt;
+    tokio::spawn(async move {
+        while let Ok((mut terminal, source)) = load_balancer.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let mut node = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                let header = Builder::with_addresses(
+                    Version::Two | ProxyCommand::Proxy,
+                    Protocol::Stream,
+                    (source, upstream),
+                )
+                .build()
+                .unwrap();
+                node.write_all(&header).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut terminal, &mut node).await;
+            });
+        }
+    });
+    let device = "proxied-speaker-1";
+    let publish = |port: u16| {
+        run(Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+            .args(["-i", device, "-u", device, "-P", &herald.password(device)])
+            .args([
+                "-t",
+                &format!("devices/{device}/up/scan"),
+                "-m",
+                "via the load balancer",
+            ]))
+    };
+    assert!(
+        publish(relay_port).status.success(),
+        "through the load balancer"
+    );
+    let records = consume(
+        &bootstrap,
+        &format!("{}.scan", herald.topic_prefix),
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(records[0].payload, b"via the load balancer");
+    // wait_ready's own probe of the MQTT port counted one already.
+    let refused = || herald.metric("herald_protocol_errors_total{kind=\"proxy_header\"}");
+    let before = refused();
+    assert!(
+        !publish(herald.mqtt.port()).status.success(),
+        "direct, without the header"
+    );
+    assert_eq!(refused(), before + 1.0);
+}
