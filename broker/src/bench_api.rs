@@ -206,3 +206,16 @@ impl RetainedOps {
             .collect()
     }
 }
+
+/// Reads a PROXY protocol v2 header from the start of `bytes`, as a listener
+/// with `proxy_protocol` on does (for the fuzzer): the terminal's address or
+/// why the header was refused, and how many bytes the read consumed.
+pub fn read_proxy_header(bytes: &[u8]) -> (Result<Option<std::net::SocketAddr>, String>, usize) {
+    let mut rest = bytes;
+    // Reads from a slice are always ready: no runtime needed.
+    let result = futures::executor::block_on(crate::proxy_protocol::read_header(&mut rest));
+    (result.map_err(|e| e.to_string()), bytes.len() - rest.len())
+}
+
+/// The largest PROXY v2 address block a listener reads.
+pub const MAX_PROXY_ADDRESS_BLOCK: usize = crate::proxy_protocol::MAX_ADDRESS_BLOCK;
