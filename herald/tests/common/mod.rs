@@ -20,9 +20,15 @@ pub fn repo_root() -> PathBuf {
 
 /// Runs `deploy/kafka/kafka.sh <command>` for the instance on `port`.
 pub fn kafka_script(port: u16, command: &str) {
+    kafka_script_with(port, command, &[]);
+}
+
+/// `kafka_script` with more of kafka.sh's environment (`KAFKA_EXTRA_PROPS`, ...).
+pub fn kafka_script_with(port: u16, command: &str, env: &[(&str, &str)]) {
     let status = Command::new("bash")
         .arg(repo_root().join("deploy/kafka/kafka.sh"))
         .arg(command)
+        .envs(env.iter().copied())
         .env("KAFKA_PORT", port.to_string())
         .stdout(Stdio::null())
         .status()
