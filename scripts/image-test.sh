@@ -251,7 +251,7 @@ stdbuf -oL mosquitto_sub -d -V mqttv5 -h 127.0.0.1 -p "$MQTT_PORT" -q 1 -i "$WAT
   -t "devices/$WATCHER/down/#" >"$WORK/sub.log" 2>&1 &
 watcher_pid=$!
 for _ in $(seq 50); do
-  grep -q 'received SUBACK' "$WORK/sub.log" && break
+  grep -qs 'received SUBACK' "$WORK/sub.log" && break
   sleep 0.1
 done
 grep -q 'received SUBACK' "$WORK/sub.log" || { cat "$WORK/sub.log" >&2; fail "the second device did not subscribe"; }
