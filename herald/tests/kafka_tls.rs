@@ -127,17 +127,7 @@ async fn uplinks_reach_kafka_over_tls() {
     herald.wait_ready();
 
     let device = "tls-kafka-speaker";
-    let output = run(Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &herald.mqtt.port().to_string(),
-            "-q",
-            "1",
-        ])
-        .args(["-i", device, "-u", device, "-P", &herald.password(device)])
-        .args(["-t", &format!("devices/{device}/up/scan"), "-m", "over TLS"]));
+    let output = herald.mosquitto_scan(herald.mqtt.port(), device, "over TLS");
     assert!(
         output.status.success(),
         "PUBACK after Kafka took it over TLS"

@@ -291,17 +291,7 @@ async fn mosquitto_pub_behind_a_proxy_protocol_load_balancer() {
         }
     });
     let device = "proxied-speaker-1";
-    let publish = |port: u16| {
-        run(Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
-            .args(["-i", device, "-u", device, "-P", &herald.password(device)])
-            .args([
-                "-t",
-                &format!("devices/{device}/up/scan"),
-                "-m",
-                "via the load balancer",
-            ]))
-    };
+    let publish = |port: u16| herald.mosquitto_scan(port, device, "via the load balancer");
     assert!(
         publish(relay_port).status.success(),
         "through the load balancer"

@@ -233,6 +233,15 @@ topic = "{topic_prefix}.presence"
         device_password(device_id)
     }
 
+    /// One QoS 1 scan uplink by mosquitto_pub as `device`, with its
+    /// credentials, to MQTT `port` (this Herald's, or a relay's in front of it).
+    pub fn mosquitto_scan(&self, port: u16, device: &str, message: &str) -> std::process::Output {
+        run(Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+            .args(["-i", device, "-u", device, "-P", &self.password(device)])
+            .args(["-t", &format!("devices/{device}/up/scan"), "-m", message]))
+    }
+
     /// This instance's Kafka topic `<prefix>.<name>`, e.g. `topic("receipts")`.
     pub fn topic(&self, name: &str) -> String {
         format!("{}.{name}", self.topic_prefix)
