@@ -147,15 +147,15 @@ where
 }
 
 impl Connection {
+    /// Admits the CONNECT (`connect`, its will and login) of the terminal at
+    /// `peer`, or refuses it with the CONNACK that says why.
     pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         shared: &Arc<Shared>,
         io: &mut Io<S>,
         peer: SocketAddr,
         version: ProtocolVersion,
         generation: u64,
-        connect: Connect,
-        will: Option<LastWill>,
-        login: Option<Login>,
+        (connect, will, login): (Connect, Option<LastWill>, Option<Login>),
     ) -> Option<Connection> {
         let metrics = &shared.metrics;
         let config = &shared.config;

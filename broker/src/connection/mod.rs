@@ -97,7 +97,12 @@ pub(crate) async fn serve<S>(
     };
     let generation = shared.registry.next_generation();
     let Some(mut conn) = Connection::accept(
-        &shared, &mut io, peer, version, generation, connect, will, login,
+        &shared,
+        &mut io,
+        peer,
+        version,
+        generation,
+        (connect, will, login),
     )
     .await
     else {
