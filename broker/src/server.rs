@@ -302,7 +302,7 @@ async fn accept_loop(
             _ = shared.drain.cancelled() => return, // also on shutdown
             accepted = listener.accept() => accepted,
         };
-        let (stream, peer) = match accepted {
+        let (mut stream, peer) = match accepted {
             Ok(pair) => pair,
             Err(error) => {
                 // EMFILE/ENFILE: out of descriptors. Back off instead of spinning.
@@ -341,7 +341,10 @@ async fn accept_loop(
             let guard = HandshakeGuard::new(&handshaking);
             tracker.spawn(async move {
                 let _guard = guard;
-                if let Some((stream, _)) = behind_proxy(&shared_conn, stream, peer).await {
+                if terminal_address(&shared_conn, &mut stream, peer)
+                    .await
+                    .is_some()
+                {
                     connection::refuse_unadmitted(shared_conn, stream, refusal).await;
                 }
             });
@@ -351,7 +354,7 @@ async fn accept_loop(
         match &tls {
             None => {
                 tracker.spawn(async move {
-                    if let Some((stream, peer)) = behind_proxy(&shared_conn, stream, peer).await {
+                    if let Some(peer) = terminal_address(&shared_conn, &mut stream, peer).await {
                         connection::serve(shared_conn, stream, peer, guard).await;
                     }
                 });
@@ -359,8 +362,7 @@ async fn accept_loop(
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 tracker.spawn(async move {
-                    let Some((stream, peer)) = behind_proxy(&shared_conn, stream, peer).await
-                    else {
+                    let Some(peer) = terminal_address(&shared_conn, &mut stream, peer).await else {
                         return;
                     };
                     let timeout = shared_conn.config.connect_timeout;
@@ -390,22 +392,22 @@ async fn accept_loop(
     }
 }
 
-/// The stream and the terminal's address: the socket's peer, or with
-/// `proxy_protocol` on, the address in the PROXY header the load balancer
-/// sent first (read within the connect timeout). `None`: the connection had
-/// no valid header and is closed; counted as a `proxy_header` protocol error.
-async fn behind_proxy(
+/// The terminal's address: the socket's `peer`, or with `proxy_protocol` on,
+/// the address in the PROXY header the load balancer sent first (read from
+/// `stream` within the connect timeout). `None`: the connection had no valid
+/// header and is to be closed; counted as a `proxy_header` protocol error.
+/// (It borrows the stream: a connection task holds one copy of it, not two.)
+async fn terminal_address(
     shared: &Shared,
-    mut stream: TcpStream,
+    stream: &mut TcpStream,
     peer: SocketAddr,
-) -> Option<(TcpStream, SocketAddr)> {
+) -> Option<SocketAddr> {
     if !shared.config.proxy_protocol {
-        return Some((stream, peer));
+        return Some(peer);
     }
     let timeout = shared.config.connect_timeout;
-    let error = match tokio::time::timeout(timeout, proxy_protocol::read_header(&mut stream)).await
-    {
-        Ok(Ok(source)) => return Some((stream, source.unwrap_or(peer))),
+    let error = match tokio::time::timeout(timeout, proxy_protocol::read_header(stream)).await {
+        Ok(Ok(source)) => return Some(source.unwrap_or(peer)),
         Ok(Err(error)) => error.to_string(),
         Err(_) => "no PROXY header within the connect timeout".to_string(),
     };
