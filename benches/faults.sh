@@ -23,16 +23,26 @@
 #   takeover          3 nodes; the terminals of node 0 reach it through a proxy that cuts
 #                     them off mid-run leaving node 0's side open (half-open connections);
 #                     they reconnect to node 1, which takes their sessions over
+#   rolling-upgrade   3 nodes under uplink and downlink load restarted one at a time as a
+#                     Kubernetes StatefulSet rolls (node 2, 1, 0): SIGTERM, drain, exit,
+#                     start, /readyz 200, minReadySeconds; the terminals move to the next
+#                     node. With the default drain pacing (paced) and, not with --short,
+#                     with all connections closed at once (unpaced); every node's /metrics
+#                     sampled each second (target/faults/rolling-upgrade-*-metrics.csv),
+#                     plotted by benches/rolling_plot.py (target/faults/rolling-upgrade.svg).
+#                     Its nodes run kafka.cluster.session_timeout 30 s (the default): it runs
+#                     last, as the node-kill and takeover scenarios' 6 s would not let a
+#                     restarted node keep its partitions.
 #
 # It starts its own Kafka (port 19392, target/faults/kafka) so that killing it
 # touches nothing else, and its own Herald (127.0.0.1:21885, HTTP :29095): node 0.
-# node-kill and takeover add nodes 1 and 2 (MQTT 21896-21897, HTTP 29106-29107) and
-# the takeover proxy (21905). Node I is kafka.cluster.node_id "faults-I", log
-# target/faults/herald-I.log.
+# node-kill, takeover and rolling-upgrade add nodes 1 and 2 (MQTT 21896-21897, HTTP
+# 29106-29107), takeover its proxy (21905). Node I is kafka.cluster.node_id "faults-I",
+# log target/faults/herald-I.log.
 #
 # Usage: benches/faults.sh [--short] [SCENARIO...]   (default: all, in the order above)
 #   --short   seconds per scenario and small fleets: the variant scripts/test.sh runs
-#             (debug binaries; about 4 minutes)
+#             (debug binaries; about 5 minutes, of which rolling-upgrade takes 1)
 # Exit status 1 if any scenario lost an acknowledged message (or could not run).
 # Reports: target/faults/<scenario>*.json (herald-loadtest --report), summary.md.
 set -euo pipefail
@@ -49,7 +59,7 @@ for arg in "$@"; do
 done
 ((${#SCENARIOS[@]})) ||
   SCENARIOS=(kafka-down kafka-restart kill-uplink kill-downlink sigterm storm slow-device fanin-overload
-    node-kill takeover)
+    node-kill takeover rolling-upgrade)
 
 OUT=target/faults
 mkdir -p "$OUT"
@@ -88,6 +98,12 @@ SETTLE=$(pick 30 25)               # seconds the tool keeps reading Kafka after 
 STORM=$(pick 18000 1000)           # terminals in the reconnect storm
 DRAIN=$(pick 10s 2s)               # broker.drain_period
 SESSION_TIMEOUT=6                  # kafka.cluster.session_timeout, seconds (Kafka's minimum)
+# rolling-upgrade: a bigger uplink fleet, so that a node holds enough connections for the
+# drain's pacing (1000/s by default) to matter: ~2,070 (full) and ~410 (short) per node.
+ROLL_TERMINALS=$(pick 6000 1200)   # its uplink fleet (the downlink fleet: TERMINALS)
+ROLL_CONNECT_RATE=$(pick 2000 1000) # its uplink fleet's connects per second at the start
+ROLL_RUN=$(pick 90 40)             # seconds of load: the whole roll must fit in it
+MIN_READY=$(pick 10 3)             # minReadySeconds: ready this long before the next node
 
 log() { printf '%s faults: %s\n' "$(date +%T)" "$*" >&2; }
 
@@ -154,9 +170,10 @@ wait_listening() { # PORT PID WHAT
   return 1
 }
 
+NODE_ENV=() # extra VAR=value settings of every node started (rolling-upgrade's)
 start_node() { # I
   local i=$1
-  HERALD_BROKER__LISTEN="127.0.0.1:$(node_port "$i")" HERALD_HTTP__LISTEN="127.0.0.1:$(node_http "$i")" \
+  env "${NODE_ENV[@]}" HERALD_BROKER__LISTEN="127.0.0.1:$(node_port "$i")" HERALD_HTTP__LISTEN="127.0.0.1:$(node_http "$i")" \
     HERALD_KAFKA__CLUSTER__NODE_ID="$(node_id "$i")" \
     "$HERALD_BIN" --config "$OUT/herald.toml" run >>"$(node_log "$i")" 2>&1 &
   NODE_PIDS[i]=$!
@@ -170,9 +187,13 @@ running() { # PID: alive and not a zombie waiting to be reaped
   state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) && [[ $state != Z ]]
 }
 stop_node() { # I SIGNAL
+  [[ -n ${NODE_PIDS[$1]:-} ]] || return 0
+  kill "-$2" "${NODE_PIDS[$1]}" 2>/dev/null || true
+  wait_stopped "$@"
+}
+wait_stopped() { # I SIGNAL: waits until node I, sent SIGNAL, exits
   local pid=${NODE_PIDS[$1]:-} deadline=$((SECONDS + STOP_TIMEOUT))
   [[ -n $pid ]] || return 0
-  kill "-$2" "$pid" 2>/dev/null || true
   while running "$pid"; do
     if ((SECONDS >= deadline)); then
       log "Herald node $1 still runs $STOP_TIMEOUT s after SIG$2: SIGKILL (see $(node_log "$1"))"
@@ -570,6 +591,154 @@ scenario_takeover() {
     "terminals=$TERMINALS" "proxy=takeover-proxy.json" "presence=takeover-presence.txt" \
     "fatal=$(node_lines FATAL 0 1 2)"
   stop_cluster
+}
+
+# --- Rolling upgrade ------------------------------------------------------------------------
+
+# Samples every node's /metrics once a second into FILE until SIGTERM: one CSV row per node
+# that answered, "ms,node,connections,accepted,rate_limited,refused_other,uplinks_inflight"
+# (unix ms; herald_connects_total by result: accepted, rate_limited, the other refusals;
+# herald_uplinks_inflight: uplinks waiting for Kafka's acknowledgement).
+sample_nodes() { # FILE PORT...
+  exec python3 - "$@" <<'PY'
+import signal, sys, time, urllib.request
+
+out, ports = sys.argv[1], sys.argv[2:]
+stop = False
+signal.signal(signal.SIGTERM, lambda *_: globals().update(stop=True))
+
+def sample(port):
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=0.5).read().decode()
+    connections, inflight, connects = 0, 0, {}
+    for line in text.splitlines():
+        if line.startswith("herald_connections "):
+            connections = int(float(line.split()[-1]))
+        elif line.startswith("herald_uplinks_inflight "):
+            inflight = int(float(line.split()[-1]))
+        elif line.startswith("herald_connects_total{"):
+            result = line.split('result="', 1)[1].split('"', 1)[0]
+            connects[result] = int(float(line.split()[-1]))
+    accepted = connects.pop("accepted", 0)
+    limited = connects.pop("rate_limited", 0)
+    return connections, accepted, limited, sum(connects.values()), inflight
+
+with open(out, "w", buffering=1) as f:
+    f.write("ms,node,connections,accepted,rate_limited,refused_other,uplinks_inflight\n")
+    next_at = time.monotonic()
+    while not stop:
+        for node, port in enumerate(ports):
+            try:
+                row = sample(port)
+            except (OSError, ValueError, IndexError):
+                continue
+            f.write(f"{round(time.time() * 1000)},{node}," + ",".join(map(str, row)) + "\n")
+        next_at += 1.0
+        time.sleep(max(0.0, next_at - time.monotonic()))
+PY
+}
+
+# Appends "ms,node,event" to FILE (ms: now unless given).
+roll_event() { echo "${4:-$(now_ms)},$2,$3" >>"$1"; } # FILE I EVENT [MS]
+
+# Sends node I SIGTERM and polls its /readyz every 10 ms until it stops answering 200.
+# Prints "SIGTERM_MS READYZ_MS WHAT": unix ms of the signal and of the first answer that
+# was not 200, and that answer ("503 draining", or "refused" if the HTTP server was
+# gone), or "200" if /readyz still said ready after 10 s.
+term_watching_readyz() { # I
+  python3 - "${NODE_PIDS[$1]}" "$(node_http "$1")" <<'PY'
+import os, signal, sys, time, urllib.error, urllib.request
+pid, port = int(sys.argv[1]), sys.argv[2]
+ms = lambda: round(time.time() * 1000)
+sent = ms()
+os.kill(pid, signal.SIGTERM)
+deadline, what = time.monotonic() + 10, "200"
+while time.monotonic() < deadline:
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1).read()
+    except urllib.error.HTTPError as e:
+        what = f"{e.code} {e.read().decode(errors='replace').strip()[:40]}"
+        break
+    except OSError:
+        what = "refused"
+        break
+    time.sleep(0.01)
+print(sent, ms(), what)
+PY
+}
+
+# Restarts node I as Kubernetes rolls a pod: SIGTERM, /readyz turns 503, the drain, the
+# process exits; started again with the same node id; /readyz 200; then minReadySeconds
+# before the next node. Each step goes to EVENTS.
+roll_node() { # I EVENTS
+  local i=$1 events=$2 sent readyz_at readyz
+  log "rolling node $i ($(node_id "$i")): SIGTERM"
+  read -r sent readyz_at readyz < <(term_watching_readyz "$i") || true
+  roll_event "$events" "$i" sigterm "${sent:-}"
+  roll_event "$events" "$i" "readyz ${readyz:-?}" "${readyz_at:-}"
+  wait_stopped "$i" TERM
+  roll_event "$events" "$i" exited
+  start_node "$i"
+  roll_event "$events" "$i" listening
+  wait_ready "$i"
+  roll_event "$events" "$i" ready
+  sleep "$MIN_READY"
+  roll_event "$events" "$i" min_ready
+}
+
+# One roll of the three nodes under load. VARIANT paced: Herald's default drain settings
+# (drain_period 20 s, drain_rate 1000/s); unpaced: every connection closed at once
+# (drain_period 0 s). Reports rolling-upgrade-VARIANT-{uplink,downlink}.json, the nodes'
+# metrics (-metrics.csv), the roll's steps (-events.csv) and -cluster.json.
+roll_variant() { # VARIANT
+  local variant=$1 name=rolling-upgrade-$1 i
+  NODE_ENV=(HERALD_KAFKA__CLUSTER__SESSION_TIMEOUT=30s)
+  case $variant in
+    paced) NODE_ENV+=(HERALD_BROKER__DRAIN_PERIOD=20s HERALD_BROKER__DRAIN_RATE=1000) ;;
+    unpaced) NODE_ENV+=(HERALD_BROKER__DRAIN_PERIOD=0s HERALD_BROKER__DRAIN_RATE=1000000) ;;
+  esac
+  log "$variant: the 3 nodes (re)started with ${NODE_ENV[*]}"
+  for i in 0 1 2; do stop_node "$i" TERM; done
+  for i in 0 1 2; do start_node "$i"; done
+  wait_ready 0 1 2
+  local events=$OUT/$name-events.csv metrics=$OUT/$name-metrics.csv sampler
+  echo "ms,node,event" >"$events"
+  sample_nodes "$metrics" "$(node_http 0)" "$(node_http 1)" "$(node_http 2)" &
+  sampler=$!
+  local started_at roll_started_at roll_ended_at load_ended_at
+  local moving=(-h "$(node_hosts 0 1 2)" --move-on-reconnect)
+  started_at=$(now_ms)
+  load uplink "$name-uplink" -c "$ROLL_TERMINALS" -R "$ROLL_CONNECT_RATE" -r "$UPLINK_RATE" \
+    -d "$ROLL_RUN" "${moving[@]}"
+  load downlink "$name-downlink" -c "$TERMINALS" -R 500 -r "$DOWNLINK_RATE" -d "$ROLL_RUN" \
+    "${moving[@]}"
+  at "$FAULT_AT"
+  roll_started_at=$(now_ms)
+  # A StatefulSet rolls its pods from the highest ordinal down.
+  for i in 2 1 0; do roll_node "$i" "$events"; done
+  roll_ended_at=$(now_ms)
+  log "$variant: roll done in $(((roll_ended_at - roll_started_at) / 1000)) s; waiting for the load"
+  wait_load
+  load_ended_at=$(now_ms)
+  kill -TERM "$sampler"
+  wait "$sampler" 2>/dev/null || true
+  write_json "$OUT/$name-cluster.json" nodes=3 "variant=$variant" "node_env=${NODE_ENV[*]}" \
+    "started_at_ms=$started_at" "roll_started_at_ms=$roll_started_at" \
+    "roll_ended_at_ms=$roll_ended_at" "load_ended_at_ms=$load_ended_at" \
+    "load_seconds=$ROLL_RUN" "min_ready_s=$MIN_READY" "order=[2, 1, 0]" \
+    "uplink_terminals=$ROLL_TERMINALS" "downlink_terminals=$TERMINALS" \
+    "events=$name-events.csv" "metrics=$name-metrics.csv" \
+    "fatal=$(node_lines FATAL 0 1 2)"
+  for i in 0 1 2; do stop_node "$i" TERM; done
+  NODE_ENV=()
+}
+
+scenario_rolling-upgrade() {
+  local variant variants=(paced)
+  ((SHORT)) || variants+=(unpaced)
+  rm -f "$OUT"/rolling-upgrade[.-]* # a variant this run skips must not show an earlier run's files
+  for variant in "${variants[@]}"; do roll_variant "$variant"; done
+  python3 benches/rolling_plot.py "$OUT" "$OUT/rolling-upgrade.svg" "${variants[@]}" ||
+    log "rolling-upgrade: no plot"
 }
 
 log "Kafka on $KAFKA ($KAFKA_DIR)"

@@ -11,8 +11,13 @@ report), printed after the table: for node-kill, when the killed node's
 terminals had commands again; for takeover, whether node A closed every
 half-open connection it lost (herald_cluster_takeovers_total and the proxy's
 view) and whether the presence topic's latest record of every moved device
-names node B. A takeover check that fails also makes the exit status 1.
+names node B. A takeover check that fails also makes the exit status 1. For
+rolling-upgrade, per variant (paced, unpaced drain): the roll's steps (SIGTERM,
+/readyz, exit, ready), the terminals' reconnect times (drop to CONNACK), and
+the peak connects per second any node accepted during the roll, from the
+nodes' /metrics sampled each second.
 """
+import csv
 import json
 import os
 import re
@@ -267,7 +272,130 @@ def takeover_notes(out):
     return notes, failed
 
 
-CHECKS = {"node-kill": node_kill_notes, "takeover": takeover_notes}
+# --- rolling-upgrade ------------------------------------------------------------------------
+
+ROLL_VARIANTS = ("paced", "unpaced")
+
+
+def roll_variants(out):
+    """The variants of rolling-upgrade that ran (the paced one always counts: its
+    reports missing fail the suite)."""
+    ran = [v for v in ROLL_VARIANTS if os.path.exists(os.path.join(out, f"rolling-upgrade-{v}-cluster.json"))]
+    return ran if "paced" in ran else ["paced"] + ran
+
+
+def read_rows(path):
+    try:
+        with open(path) as f:
+            return list(csv.DictReader(f))
+    except OSError:
+        return []
+
+
+def connect_rates(samples):
+    """{node: [(unix ms at the interval's end, accepted/s, rate_limited in it)]} from the
+    sampler's rows (rolling-upgrade-*-metrics.csv). A counter that went down is a
+    restarted node: its new value counts from 0."""
+    by_node = {}
+    for row in samples:
+        by_node.setdefault(int(row["node"]), []).append(
+            (int(row["ms"]), int(row["accepted"]), int(row["rate_limited"])))
+    rates = {}
+    for node, rows in by_node.items():
+        rows.sort()
+        out = rates.setdefault(node, [])
+        for (t0, a0, l0), (t1, a1, l1) in zip(rows, rows[1:]):
+            dt = max(t1 - t0, 1) / 1000
+            accepted = a1 - a0 if a1 >= a0 else a1
+            limited = l1 - l0 if l1 >= l0 else l1
+            out.append((t1, accepted / dt, limited))
+    return rates
+
+
+def drain_settings(info):
+    """"drain_period 20s, drain_rate 1000" from the nodes' environment."""
+    env = dict(pair.split("=", 1) for pair in info.get("node_env", "").split() if "=" in pair)
+    return ", ".join(f"{key.lower()} {env[f'HERALD_BROKER__{key}']}" for key in ("DRAIN_PERIOD", "DRAIN_RATE")
+                     if f"HERALD_BROKER__{key}" in env)
+
+
+def ms_of(latency_us):
+    return f"{latency_us / 1000:,.0f}"
+
+
+def rolling_notes(out):
+    """Lines about rolling-upgrade, and whether one of its checks failed."""
+    notes, failed = [], False
+    for variant in roll_variants(out):
+        name = f"rolling-upgrade-{variant}"
+        info = load(os.path.join(out, f"{name}-cluster.json"))
+        if info is None:
+            notes.append(f"{name}: **no {name}-cluster.json: the roll did not finish**")
+            failed = True
+            continue
+        start = info["roll_started_at_ms"]
+        events = read_rows(os.path.join(out, info["events"]))
+        steps = {}
+        for row in events:
+            steps.setdefault(int(row["node"]), []).append((int(row["ms"]), row["event"]))
+        for node in info["order"]:
+            at = {}
+            readyz = "?"
+            for when, event in steps.get(node, []):
+                if event.startswith("readyz "):
+                    readyz, at["readyz"] = event[len("readyz "):], when
+                else:
+                    at[event] = when
+            if "sigterm" not in at:
+                notes.append(f"{name}: node {node} **not rolled**")
+                failed = True
+                continue
+            term = at["sigterm"]
+
+            def after(event, since=term):
+                return seconds(at[event] - since) if event in at else "?"
+
+            ok = readyz.startswith("503")
+            notes.append(f"{name}: faults-{node} SIGTERM at +{seconds(term - start)}: /readyz {readyz} after "
+                         f"{after('readyz')}" + ("" if ok else " **(not 503)**") + f", exited after {after('exited')}, "
+                         f"ready again {after('ready', at.get('exited', term))} after its start")
+        took = info["roll_ended_at_ms"] - start
+        under_load = info["roll_ended_at_ms"] <= info["started_at_ms"] + info["load_seconds"] * 1000
+        notes.append(f"{name}: the roll (3 nodes, minReadySeconds {info['min_ready_s']} s) took {seconds(took)}"
+                     + ("" if under_load else f" **and outlasted the {info['load_seconds']} s of load**"))
+        total = 0
+        for direction in ("uplink", "downlink"):
+            report = load(os.path.join(out, f"{name}-{direction}.json")) or {}
+            r = (report.get("latency_us") or {}).get("reconnect")
+            total += report.get("reconnects", 0)
+            if r:
+                notes.append(f"{name}: {direction} fleet ({report.get('clients')} terminals): {report.get('reconnects')} "
+                             f"reconnects, drop to CONNACK p50 {ms_of(r['p50'])} ms, p90 {ms_of(r['p90'])} ms, "
+                             f"p99 {ms_of(r['p99'])} ms, max {ms_of(r['max'])} ms; "
+                             f"{report.get('reconnect_failures', 0)} failed attempts")
+        rates = connect_rates(read_rows(os.path.join(out, info["metrics"])))
+        window = [(rate, limited, node, t) for node, series in rates.items() for t, rate, limited in series
+                  if start < t <= info["roll_ended_at_ms"] + 2000]
+        if window:
+            rate, _, node, t = max(window)
+            limited = sum(w[1] for w in window)
+            notes.append(f"{name}: peak connects accepted by a surviving node: **{rate:,.0f}/s** (faults-{node}, "
+                         f"+{seconds(t - start)}); {drain_settings(info)}"
+                         + (f"; {limited:,} connects refused by the admission rate limit" if limited else ""))
+        else:
+            notes.append(f"{name}: **no /metrics samples during the roll**")
+        waiting = [(int(row.get("uplinks_inflight") or 0), int(row["node"]), int(row["ms"]))
+                   for row in read_rows(os.path.join(out, info["metrics"]))
+                   if row.get("uplinks_inflight") and int(row["ms"]) > info["started_at_ms"]]
+        if waiting:
+            most, node, t = max(waiting)
+            notes.append(f"{name}: most uplinks waiting for Kafka's acknowledgement on one node: {most:,} "
+                         f"(faults-{node}, +{seconds(t - start)}; a Kafka that stalls shows here, and in the p99s)")
+        notes += fatal_notes(name, info)
+    return notes, failed
+
+
+CHECKS = {"node-kill": node_kill_notes, "takeover": takeover_notes, "rolling-upgrade": rolling_notes}
 
 
 def main():
@@ -277,7 +405,10 @@ def main():
           "| **acked-but-lost / lost** | duplicates | never acked | reconnects | p99 ack ms (downlink: delivery) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for scenario in scenarios:
-        for name in REPORTS.get(scenario, [scenario]):
+        names = REPORTS.get(scenario, [scenario])
+        if scenario == "rolling-upgrade":
+            names = [f"rolling-upgrade-{v}-{d}" for v in roll_variants(out) for d in ("uplink", "downlink")]
+        for name in names:
             report = load(os.path.join(out, f"{name}.json"))
             if report is None and name in REFERENCE:
                 continue
