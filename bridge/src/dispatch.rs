@@ -299,6 +299,14 @@ impl Dispatcher {
             let mut moved = pin!(watcher.notified());
             moved.as_mut().enable();
             let step = match routed.step.take() {
+                // Decided before `moved` listened (in `start`, or before a
+                // wake-up that found the device here): a move in between
+                // woke nobody, so look again now that one would.
+                Some(Step::Waiting(ticket)) if self.destination(routed).is_some() => {
+                    debug!(device_id = %routed.command.device_id, "device moved before its command waited: forwarding it");
+                    drop(ticket);
+                    self.route(routed)
+                }
                 Some(step) => step,
                 None => self.route(routed),
             };
