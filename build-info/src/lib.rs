@@ -34,7 +34,7 @@ mod tests {
         let families = registry.gather();
         let metric = &families[0].get_metric()[0];
         assert_eq!(families[0].name(), "herald_build_info");
-        assert_eq!(metric.get_gauge().value(), 1.0);
+        assert_eq!(metric.get_gauge().get_value(), 1.0);
         assert!(metric.get_label().iter().any(|l| l.value() == VERSION));
         assert!(!VERSION.is_empty());
     }
