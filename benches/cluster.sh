@@ -372,6 +372,9 @@ if has fill; then phase_fill; fi
 python3 - "$OUT" <<'PY'
 import glob, json, os, re, shutil, sys, zlib
 
+sys.path.insert(0, "benches")
+from faults_summary import protobuf_fields  # the one protobuf reader of the bench scripts
+
 out = sys.argv[1]
 run = dict(l.rstrip("\n").split("=", 1) for l in open(os.path.join(out, "run.txt")))
 
@@ -457,35 +460,6 @@ def machine(d):
         return open(os.path.join(d, "machine")).read().strip()
     except OSError:
         return None
-
-def protobuf(buf):
-    """The top-level fields of a protobuf message: {number: bytes or int} (last wins)."""
-    fields, i = {}, 0
-    def varint():
-        nonlocal i
-        shift = value = 0
-        while True:
-            b = buf[i]
-            i += 1
-            value |= (b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                return value
-    try:
-        while i < len(buf):
-            key = varint()
-            number, wire = key >> 3, key & 7
-            if wire == 0:
-                fields[number] = varint()
-            elif wire == 2:
-                length = varint()
-                fields[number] = buf[i:i + length]
-                i += length
-            else:
-                return {}
-    except IndexError:
-        return {}
-    return fields
 
 def percentiles(values):
     v = sorted(values)
@@ -613,8 +587,13 @@ for d in sorted(glob.glob(os.path.join(out, "downlink-n*-r*"))):
         raw = b""
     if prefix and owner and parts:
         for rec in raw.split(b"@@RCPT@@"):
-            fields = protobuf(rec)
-            device = fields.get(2, b"").decode(errors="replace")
+            try:
+                fields = protobuf_fields(rec)
+            except (IndexError, ValueError):
+                continue
+            device = fields.get(2, "")
+            if isinstance(device, bytes):
+                device = device.decode(errors="replace")
             if not device.startswith(prefix + "-") or fields.get(3) != 1:
                 continue
             t = int(device.rsplit("-", 1)[1])
