@@ -196,6 +196,8 @@ impl Dispatcher {
             ),
             payload: payload.to_vec().into(),
             expires_at: Some(UNIX_EPOCH + Duration::from_millis(expires_at_ms.max(0) as u64)),
+            // Filled in by the trace-context work (traceparent header → user property).
+            user_properties: Vec::new(),
         };
         let forwards = message
             .headers()

@@ -731,6 +731,9 @@ mod tests {
             dup: false,
             received_at: std::time::SystemTime::now(),
             user_properties: vec![("a".into(), "1".repeat(100)), ("b".into(), "2".into())],
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
         };
         assert_eq!(uplink_headers(&uplink, usize::MAX).count(), 8);
         assert_eq!(uplink_headers(&uplink, 120).count(), 7);
@@ -758,6 +761,9 @@ mod tests {
             dup: false,
             received_at: std::time::SystemTime::now(),
             user_properties: Vec::new(),
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
         };
         let resent = Uplink {
             dup: true,

@@ -88,6 +88,15 @@ pub struct BrokerConfig {
     /// the terminal's address it carries. Connections without one are closed.
     /// Turn on only behind a load balancer that sends it. Default false.
     pub proxy_protocol: bool,
+    /// MQTT 5 Topic Alias Maximum: the most topic aliases a client may use
+    /// on one connection (a higher alias closes it with 0x94), and the most
+    /// the broker assigns to the topics it sends a client that allows them.
+    /// 0 turns topic aliases off. Default 10.
+    pub topic_alias_maximum: u16,
+    /// How a message on a shared subscription (`$share/<group>/<filter>`)
+    /// picks one member of the group: `round_robin` (default) or
+    /// `least_busy` (the member with the fewest messages queued and in flight).
+    pub shared_subscription_strategy: SharedSubscriptionStrategy,
     /// Device authentication and topic ACL.
     pub auth: AuthConfig,
     /// Limits on what one client may send or make the broker hold.
@@ -119,6 +128,8 @@ impl Default for BrokerConfig {
             server_reference: None,
             shutdown_grace: Duration::from_secs(10),
             proxy_protocol: false,
+            topic_alias_maximum: 10,
+            shared_subscription_strategy: SharedSubscriptionStrategy::RoundRobin,
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             admission: AdmissionConfig::default(),
@@ -135,6 +146,17 @@ pub enum QueueFullPolicy {
     Backpressure,
     /// Drop the oldest queued message.
     DropOldest,
+}
+
+/// How a shared subscription picks the member that gets a message
+/// (`broker.shared_subscription_strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SharedSubscriptionStrategy {
+    /// Each connected member in turn. The default.
+    RoundRobin,
+    /// The connected member with the fewest messages queued and in flight.
+    LeastBusy,
 }
 
 /// Limits on one client's input and on the state it makes the broker hold

@@ -9,7 +9,7 @@
 //! such a subscription arrives (a device that connects with a clean session
 //! subscribes again) or it expires.
 
-use crate::codec::QoS;
+use crate::codec::{PublishProperties, QoS};
 use crate::config::QueueFullPolicy;
 use crate::session::{Message, Queued};
 use bytes::Bytes;
@@ -30,6 +30,9 @@ pub struct Downlink {
     pub payload: Bytes,
     /// Not delivered after this time.
     pub expires_at: Option<SystemTime>,
+    /// MQTT 5 user properties sent with the PUBLISH (e.g. `traceparent`);
+    /// MQTT 3.1.1 devices get the message without them.
+    pub user_properties: Vec<(String, String)>,
 }
 
 /// How a downlink ended.
@@ -215,7 +218,12 @@ pub(crate) fn queued(downlink: Downlink, tag: Arc<DownlinkTag>) -> (Box<str>, Qu
         topic: Bytes::copy_from_slice(topic.as_bytes()),
         payload: downlink.payload,
         retain: false,
-        properties: None,
+        properties: (!downlink.user_properties.is_empty()).then(|| {
+            Arc::new(PublishProperties {
+                user_properties: downlink.user_properties,
+                ..Default::default()
+            })
+        }),
     };
     (
         topic,
@@ -256,6 +264,7 @@ mod tests {
                         topic: format!("devices/d/down/{i}"),
                         payload: Bytes::new(),
                         expires_at: None,
+                        user_properties: Vec::new(),
                     },
                     tag,
                 );

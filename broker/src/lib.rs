@@ -38,7 +38,7 @@ mod wills;
 
 pub use config::{
     AdmissionConfig, AuthConfig, AuthMode, BrokerConfig, ConfigError, LimitsConfig,
-    QueueFullPolicy, TlsConfig,
+    QueueFullPolicy, SharedSubscriptionStrategy, TlsConfig,
 };
 pub use downlink::{DeliveryOutcome, DeliveryTicket, Downlink, DownlinkRefusal};
 pub use events::{DisconnectReason, NoSessionEvents, SessionEvents};
@@ -328,6 +328,9 @@ impl Shared {
             dup: false,
             received_at: std::time::SystemTime::now(),
             user_properties: Vec::new(),
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
         };
         if let Some(ack) = self.sink.submit(uplink) {
             let client_id = session.client_id.clone();

@@ -29,6 +29,12 @@ pub struct Uplink {
     pub received_at: SystemTime,
     /// MQTT 5 user properties, passed through.
     pub user_properties: Vec<(String, String)>,
+    /// MQTT 5 Content Type, passed through.
+    pub content_type: Option<String>,
+    /// MQTT 5 Response Topic (request/response), passed through.
+    pub response_topic: Option<String>,
+    /// MQTT 5 Correlation Data (request/response), passed through.
+    pub correlation_data: Option<Bytes>,
 }
 
 /// Why the sink could not take an uplink.

@@ -114,6 +114,7 @@ fn downlink(device: &str, body: &'static [u8], ttl: Option<Duration>) -> Downlin
         topic: format!("devices/{device}/down/announce"),
         payload: Bytes::from_static(body),
         expires_at: ttl.map(|ttl| SystemTime::now() + ttl),
+        user_properties: Vec::new(),
     }
 }
 

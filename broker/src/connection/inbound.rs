@@ -261,11 +261,7 @@ impl Connection {
             .collect();
         let room = (!room.is_empty()).then(|| futures::future::join_all(room));
         let sink_wait = if wanted {
-            let user_properties = message
-                .properties
-                .as_ref()
-                .map(|p| p.user_properties.clone())
-                .unwrap_or_default();
+            let properties = message.properties.as_deref();
             self.shared.sink.submit(Uplink {
                 client_id: self.session.client_id.clone(),
                 topic,
@@ -274,7 +270,12 @@ impl Connection {
                 retain: message.retain,
                 dup,
                 received_at: SystemTime::now(),
-                user_properties,
+                user_properties: properties
+                    .map(|p| p.user_properties.clone())
+                    .unwrap_or_default(),
+                content_type: properties.and_then(|p| p.content_type.clone()),
+                response_topic: properties.and_then(|p| p.response_topic.clone()),
+                correlation_data: properties.and_then(|p| p.correlation_data.clone()),
             })
         } else {
             None
