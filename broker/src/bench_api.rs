@@ -3,7 +3,7 @@
 
 use crate::auth::Authenticator;
 use crate::codec::QoS;
-use crate::config::AuthConfig;
+use crate::config::{AuthConfig, SharedSubscriptionStrategy};
 use crate::router::Router;
 use crate::session::{Session, SubOptions};
 use std::sync::Arc;
@@ -12,7 +12,6 @@ use std::sync::Arc;
 #[derive(Default)]
 pub struct RouterBench {
     router: Router,
-    out: Vec<(Arc<Session>, SubOptions)>,
 }
 
 impl RouterBench {
@@ -22,15 +21,16 @@ impl RouterBench {
             qos: QoS::AtLeastOnce,
             no_local: false,
             retain_as_published: false,
+            id: None,
         };
         self.router.subscribe(filter, &session, options);
     }
 
     /// How many sessions a message on `topic` goes to.
     pub fn route(&mut self, topic: &str) -> usize {
-        self.out.clear();
-        self.router.matches(topic, &mut self.out);
-        self.out.len()
+        self.router
+            .matches(topic, SharedSubscriptionStrategy::RoundRobin)
+            .len()
     }
 }
 
@@ -58,7 +58,6 @@ impl AclBench {
 pub struct RouterOps {
     router: Router,
     sessions: std::collections::HashMap<String, Arc<Session>>,
-    out: Vec<(Arc<Session>, SubOptions)>,
 }
 
 /// One session a message goes to, with the options merged over all of its
@@ -98,6 +97,7 @@ impl RouterOps {
             qos,
             no_local,
             retain_as_published,
+            id: None,
         };
         self.router.subscribe(filter, &session, options);
     }
@@ -110,16 +110,15 @@ impl RouterOps {
 
     /// The sessions a message on `topic` goes to, sorted by client id.
     pub fn matched(&mut self, topic: &str) -> Vec<Matched> {
-        self.out.clear();
-        self.router.matches(topic, &mut self.out);
         let mut matched: Vec<Matched> = self
-            .out
-            .drain(..)
-            .map(|(session, options)| Matched {
-                client_id: session.client_id.to_string(),
-                qos: options.qos as u8,
-                no_local: options.no_local,
-                retain_as_published: options.retain_as_published,
+            .router
+            .matches(topic, SharedSubscriptionStrategy::RoundRobin)
+            .into_iter()
+            .map(|delivery| Matched {
+                client_id: delivery.session.client_id.to_string(),
+                qos: delivery.options.qos as u8,
+                no_local: delivery.options.no_local,
+                retain_as_published: delivery.options.retain_as_published,
             })
             .collect();
         matched.sort();
@@ -188,12 +187,13 @@ impl RetainedOps {
 
     /// Stores (an empty payload clears) the retained message of `topic`.
     pub fn retain(&self, topic: &str, payload: &[u8]) -> Result<(), &'static str> {
-        let message = crate::session::Message {
-            topic: bytes::Bytes::copy_from_slice(topic.as_bytes()),
-            payload: bytes::Bytes::copy_from_slice(payload),
-            retain: true,
-            properties: None,
-        };
+        let message = crate::session::Message::new(
+            bytes::Bytes::copy_from_slice(topic.as_bytes()),
+            bytes::Bytes::copy_from_slice(payload),
+            true,
+            QoS::AtMostOnce,
+            None,
+        );
         self.0.retain(topic, &message).map_err(|e| e.as_label())
     }
 

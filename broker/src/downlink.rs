@@ -214,24 +214,24 @@ impl Mailbox {
 /// Builds the queued form of a downlink.
 pub(crate) fn queued(downlink: Downlink, tag: Arc<DownlinkTag>) -> (Box<str>, Queued) {
     let topic: Box<str> = downlink.topic.into_boxed_str();
-    let message = Message {
-        topic: Bytes::copy_from_slice(topic.as_bytes()),
-        payload: downlink.payload,
-        retain: false,
-        properties: (!downlink.user_properties.is_empty()).then(|| {
+    // Its expiry is the tag's (settled as expired, not just dropped).
+    let message = Message::new(
+        Bytes::copy_from_slice(topic.as_bytes()),
+        downlink.payload,
+        false,
+        QoS::AtLeastOnce,
+        (!downlink.user_properties.is_empty()).then(|| {
             Arc::new(PublishProperties {
                 user_properties: downlink.user_properties,
                 ..Default::default()
             })
         }),
-    };
+    );
     (
         topic,
         Queued {
-            message,
-            qos: QoS::AtLeastOnce,
-            retain: false,
             downlink: Some(tag),
+            ..Queued::plain(message, QoS::AtLeastOnce, false)
         },
     )
 }

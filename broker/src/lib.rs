@@ -51,8 +51,8 @@ use downlink::{DownlinkTag, Mailbox};
 use flapping::FlappingDetector;
 use metrics::Metrics;
 use retained::RetainedStore;
-use router::Router;
-use session::{Message, Offer, Queued, Registry, Session};
+use router::{Delivery, Router};
+use session::{Message, Offer, Queued, Registry, Session, SubOptions};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
@@ -179,7 +179,7 @@ impl BrokerHandle {
     }
 }
 
-trait MinQos {
+pub(crate) trait MinQos {
     fn min_qos(self, other: Self) -> Self;
 }
 
@@ -197,36 +197,108 @@ impl Shared {
     /// Moves the downlinks waiting for `session`'s client into its queue,
     /// in arrival order, as far as its subscriptions now match them.
     fn flush_mailbox(&self, session: &Arc<Session>) {
-        let filters: Vec<(Box<str>, QoS)> = session
-            .lock()
-            .subscriptions
-            .iter()
-            .map(|(f, o)| (f.clone(), o.qos))
-            .collect();
+        let filters: Vec<(Box<str>, SubOptions)> = session.lock().subscriptions.clone();
         if filters.is_empty() {
             return;
         }
-        let granted = |topic: &str| {
+        let matching = |topic: &str| -> Vec<SubOptions> {
             filters
                 .iter()
                 .filter(|(filter, _)| topic::filter_matches(filter, topic))
-                .map(|(_, qos)| *qos)
-                .max_by_key(|qos| *qos as u8)
+                .map(|(_, options)| *options)
+                .collect()
         };
         for queued in self
             .mailbox
-            .take_matching(&session.client_id, |topic| granted(topic).is_some())
+            .take_matching(&session.client_id, |topic| !matching(topic).is_empty())
         {
             let topic = String::from_utf8_lossy(&queued.message.topic).into_owned();
-            let qos = granted(&topic)
+            let matched = matching(&topic);
+            let qos = matched
+                .iter()
+                .map(|options| options.qos)
+                .max_by_key(|qos| *qos as u8)
                 .unwrap_or(QoS::AtLeastOnce)
-                .min_qos(QoS::AtLeastOnce);
+                .min_qos(queued.message.qos);
+            let subscription_ids = matched
+                .iter()
+                .filter_map(|options| options.id)
+                .map(|id| id.get() as usize)
+                .collect();
             let offer = session.offer(
-                session::Queued { qos, ..queued },
+                session::Queued {
+                    qos,
+                    subscription_ids,
+                    ..queued
+                },
                 self.config.max_queued_messages,
                 self.config.queue_full_policy,
             );
             self.count_offer(&offer);
+        }
+    }
+
+    /// Hands what `session` got through shared subscriptions and did not
+    /// acknowledge to other members of the same groups (MQTT 5 §4.8.2): a
+    /// worker that goes away does not hold its share back. What no other
+    /// member can take stays queued for this session's return. QoS 2
+    /// messages past PUBREC stay: the client has them.
+    fn redistribute_shared(&self, session: &Arc<Session>) {
+        let taken: Vec<Queued> = {
+            let mut state = session.lock();
+            let mut taken = Vec::new();
+            let unacknowledged = |i: &session::Inflight| {
+                i.stage == session::OutboundStage::Published && i.queued.shared.is_some()
+            };
+            if state.inflight.iter().any(unacknowledged) {
+                let inflight = std::mem::take(&mut state.inflight);
+                for inflight in inflight {
+                    if unacknowledged(&inflight) {
+                        taken.push(inflight.queued);
+                    } else {
+                        state.inflight.push_back(inflight);
+                    }
+                }
+            }
+            if state.queue.iter().any(|q| q.shared.is_some()) {
+                let queue = std::mem::take(&mut state.queue);
+                for queued in queue {
+                    if queued.shared.is_some() {
+                        taken.push(queued);
+                    } else {
+                        state.queue.push_back(queued);
+                    }
+                }
+            }
+            taken
+        };
+        if taken.is_empty() {
+            return;
+        }
+        // Without this session's lock: picking a member locks theirs.
+        let strategy = self.config.shared_subscription_strategy;
+        let mut stays = Vec::new();
+        for queued in taken {
+            let key = queued.shared.clone().unwrap_or_default();
+            match self.router.other_member(&key, session, strategy) {
+                Some(member) => {
+                    self.metrics.shared_redeliveries.inc();
+                    let offer = member.session.offer(
+                        Queued {
+                            subscription_ids: member.subscription_ids.into_boxed_slice(),
+                            ..queued
+                        },
+                        self.config.max_queued_messages,
+                        self.config.queue_full_policy,
+                    );
+                    self.count_offer(&offer);
+                }
+                None => stays.push(queued),
+            }
+        }
+        let mut state = session.lock();
+        for queued in stays.into_iter().rev() {
+            state.queue.push_front(queued);
         }
     }
 
@@ -273,7 +345,6 @@ impl Shared {
         from: Option<&Arc<Session>>,
         topic: &str,
         message: &Message,
-        qos: QoS,
     ) -> Vec<Arc<Session>> {
         if message.retain && self.config.retain_enabled() {
             if let Err(refused) = self.retained.retain(topic, message) {
@@ -283,20 +354,29 @@ impl Shared {
                     .inc();
             }
         }
-        let mut targets = Vec::new();
         let mut congested = Vec::new();
-        self.router.matches(topic, &mut targets);
-        for (session, options) in targets {
+        let strategy = self.config.shared_subscription_strategy;
+        for delivery in self.router.matches(topic, strategy) {
+            let Delivery {
+                session,
+                options,
+                subscription_ids,
+                shared,
+            } = delivery;
+            // [MQTT-3.8.3-3]: not back to its own publisher if it said No Local.
             if options.no_local && from.is_some_and(|f| Arc::ptr_eq(f, &session)) {
                 continue;
             }
             let queued = Queued {
-                message: message.clone(),
-                qos: options.qos.min_qos(qos),
-                // MQTT 3.1.1 §3.3.1.3: forwarded messages lose the retain flag
-                // unless the subscriber asked for it (MQTT 5 Retain As Published).
+                // [MQTT-3.8.4-8]: the lower of the message's and the subscription's QoS.
+                qos: options.qos.min_qos(message.qos),
+                // MQTT 3.1.1 §3.3.1.3, [MQTT-3.3.1-12], [MQTT-3.3.1-13]: forwarded
+                // messages lose the retain flag unless the subscriber asked
+                // for it (MQTT 5 Retain As Published).
                 retain: options.retain_as_published && message.retain,
-                downlink: None,
+                subscription_ids: subscription_ids.into_boxed_slice(),
+                shared,
+                ..Queued::plain(message.clone(), QoS::AtMostOnce, false)
             };
             let offer = session.offer(
                 queued,
@@ -313,24 +393,37 @@ impl Shared {
 
     /// Publishes a will: to local subscribers, and to the sink without anyone
     /// waiting for the acknowledgement.
-    fn publish_will(&self, session: &Arc<Session>, topic: &Arc<str>, message: &Message, qos: QoS) {
+    ///
+    /// Its properties go with it [MQTT-3.1.3-9], and its Message Expiry
+    /// Interval counts from now, when it is published.
+    fn publish_will(&self, session: &Arc<Session>, topic: &Arc<str>, will: &Message) {
+        let message = Message::new(
+            will.topic.clone(),
+            will.payload.clone(),
+            will.retain,
+            will.qos,
+            will.properties.clone(),
+        );
         // Nobody waits for a will's acknowledgement, so nothing to hold back.
-        self.route(Some(session), topic, message, qos);
+        self.route(Some(session), topic, &message);
         if !self.sink.wants(topic) {
             return;
         }
+        let properties = message.properties.as_deref();
         let uplink = Uplink {
             client_id: session.client_id.clone(),
             topic: topic.clone(),
             payload: message.payload.clone(),
-            qos: qos as u8,
+            qos: message.qos as u8,
             retain: message.retain,
             dup: false,
             received_at: std::time::SystemTime::now(),
-            user_properties: Vec::new(),
-            content_type: None,
-            response_topic: None,
-            correlation_data: None,
+            user_properties: properties
+                .map(|p| p.user_properties.clone())
+                .unwrap_or_default(),
+            content_type: properties.and_then(|p| p.content_type.clone()),
+            response_topic: properties.and_then(|p| p.response_topic.clone()),
+            correlation_data: properties.and_then(|p| p.correlation_data.clone()),
         };
         if let Some(ack) = self.sink.submit(uplink) {
             let client_id = session.client_id.clone();

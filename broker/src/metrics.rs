@@ -22,6 +22,7 @@ pub(crate) struct Metrics {
     pub uplinks_rejected: IntCounterVec,
     pub limits_exceeded: IntCounterVec,
     pub backpressure_waits: IntCounter,
+    pub shared_redeliveries: IntCounter,
 }
 
 impl Metrics {
@@ -47,6 +48,11 @@ impl Metrics {
             "QoS 1/2 messages that filled a subscriber's queue, so their publisher's acknowledgement waited for room.",
         )?;
         registry.register(Box::new(backpressure_waits.clone()))?;
+        let shared_redeliveries = IntCounter::new(
+            "herald_shared_redeliveries_total",
+            "Messages a shared-subscription member left unacknowledged when it disconnected, handed to another member.",
+        )?;
+        registry.register(Box::new(shared_redeliveries.clone()))?;
         Ok(Self {
             connections: gauge(
                 "herald_connections",
@@ -117,6 +123,7 @@ impl Metrics {
                 &["limit"],
             )?,
             backpressure_waits,
+            shared_redeliveries,
         })
     }
 }

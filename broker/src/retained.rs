@@ -9,6 +9,7 @@ use crate::codec::QoS;
 use crate::config::LimitsConfig;
 use crate::session::{Message, Queued};
 use crate::topic::{filter_matches, literal_prefix};
+use crate::MinQos;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::RwLock;
@@ -81,12 +82,11 @@ impl RetainedStore {
         if bytes > self.max_bytes {
             return Err(RetainRefused::Bytes);
         }
-        let asked = message
-            .properties
-            .as_ref()
-            .and_then(|p| p.message_expiry_interval)
-            .map(|secs| Duration::from_secs(secs.into()));
-        let age = match (asked, self.max_age) {
+        // The message's own expiry (MQTT 5 Message Expiry Interval, from
+        // when it was published [MQTT-3.3.2-5]) or the store's cap, whichever
+        // comes first.
+        let cap = self.max_age.map(|age| Instant::now() + age);
+        let expires_at = match (message.expires_at, cap) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -97,7 +97,7 @@ impl RetainedStore {
             topic.into(),
             Stored {
                 message: stored,
-                expires_at: age.map(|age| Instant::now() + age),
+                expires_at,
             },
         );
         Ok(())
@@ -105,6 +105,8 @@ impl RetainedStore {
 
     /// Up to `limit` unexpired retained messages matching `filter`, to send
     /// after a SUBACK.
+    ///
+    /// Each comes at the lower of `qos`, the subscription's, and its own.
     pub fn matching(&self, filter: &str, qos: QoS, limit: usize) -> Vec<Queued> {
         let now = Instant::now();
         let prefix = literal_prefix(filter);
@@ -116,11 +118,10 @@ impl RetainedStore {
             .filter(|(topic, stored)| {
                 stored.expires_at.is_none_or(|at| at > now) && filter_matches(filter, topic)
             })
-            .map(|(_, stored)| Queued {
-                message: stored.message.clone(),
-                qos,
-                retain: true,
-                downlink: None,
+            // [MQTT-3.8.4-8]: at most the QoS it was published with.
+            .map(|(_, stored)| {
+                let qos = qos.min_qos(stored.message.qos);
+                Queued::plain(stored.message.clone(), qos, true)
             })
             .take(limit)
             .collect()
@@ -148,12 +149,13 @@ mod tests {
     use bytes::Bytes;
 
     fn msg(payload: &'static [u8]) -> Message {
-        Message {
-            topic: Bytes::new(),
-            payload: Bytes::from_static(payload),
-            retain: true,
-            properties: None,
-        }
+        Message::new(
+            Bytes::new(),
+            Bytes::from_static(payload),
+            true,
+            QoS::AtLeastOnce,
+            None,
+        )
     }
 
     fn store(max_messages: usize, max_bytes: usize) -> RetainedStore {

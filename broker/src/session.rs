@@ -25,7 +25,41 @@ pub(crate) struct Message {
     pub topic: Bytes,
     pub payload: Bytes,
     pub retain: bool,
+    /// The QoS it was published with: no subscriber gets it at a higher one
+    /// [MQTT-3.8.4-8] (retained messages keep it for later subscribers).
+    pub qos: QoS,
     pub properties: Option<Arc<PublishProperties>>,
+    /// From its MQTT 5 Message Expiry Interval: not delivered after this
+    /// [MQTT-3.3.2-5], and sent with what is left of it [MQTT-3.3.2-6].
+    pub expires_at: Option<Instant>,
+}
+
+impl Message {
+    /// A message published now; its expiry counts from now.
+    pub fn new(
+        topic: Bytes,
+        payload: Bytes,
+        retain: bool,
+        qos: QoS,
+        properties: Option<Arc<PublishProperties>>,
+    ) -> Self {
+        let expires_at = properties
+            .as_ref()
+            .and_then(|p| p.message_expiry_interval)
+            .map(|secs| Instant::now() + Duration::from_secs(secs.into()));
+        Self {
+            topic,
+            payload,
+            retain,
+            qos,
+            properties,
+            expires_at,
+        }
+    }
+
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
 }
 
 /// A message waiting in a session, with the QoS it is delivered at.
@@ -36,6 +70,26 @@ pub(crate) struct Queued {
     pub retain: bool,
     /// Set for downlinks: settled when the client acknowledges.
     pub downlink: Option<Arc<DownlinkTag>>,
+    /// The Subscription Identifiers of the subscriptions it matched
+    /// [MQTT-3.3.4-3]; empty (no allocation) for most.
+    pub subscription_ids: Box<[usize]>,
+    /// The shared subscription (`$share/<group>/<filter>`) it came through:
+    /// if this member goes away without acknowledging it, another gets it.
+    pub shared: Option<Arc<str>>,
+}
+
+impl Queued {
+    /// `message` for one subscriber at `qos`, with nothing else attached.
+    pub fn plain(message: Message, qos: QoS, retain: bool) -> Self {
+        Self {
+            message,
+            qos,
+            retain,
+            downlink: None,
+            subscription_ids: Box::default(),
+            shared: None,
+        }
+    }
 }
 
 /// Where an outbound QoS 1/2 message stands.
@@ -60,6 +114,8 @@ pub(crate) struct SubOptions {
     pub qos: QoS,
     pub no_local: bool,
     pub retain_as_published: bool,
+    /// MQTT 5 Subscription Identifier, returned with what it matches.
+    pub id: Option<std::num::NonZeroU32>,
 }
 
 /// The connection attached to a session.
@@ -359,11 +415,17 @@ impl Registry {
                 if state.last_generation > generation {
                     return Attached::Superseded;
                 }
+                // Offline past its expiry but not swept yet: it no longer
+                // exists, so the client starts afresh [MQTT-3.1.2-23].
+                let expired = state.attachment.is_none()
+                    && state
+                        .offline_since
+                        .is_some_and(|since| since.elapsed() >= state.expiry);
                 let replaced = state.attachment.take().map(|old| {
                     old.wake.notify_one();
                     old.generation
                 });
-                if clean_start {
+                if clean_start || expired {
                     state.discarded = true;
                     state.release_waiters(usize::MAX);
                     drop(state);
@@ -567,18 +629,43 @@ mod tests {
     }
 
     #[test]
+    fn a_session_past_its_expiry_is_not_resumed_even_before_the_sweep() {
+        // MQTT 5 [MQTT-3.1.2-23]: the session is gone once its expiry has
+        // passed, so the CONNACK says Session Present 0.
+        let reg = Registry::default();
+        let short = |generation| {
+            reg.attach(
+                "d",
+                generation,
+                false,
+                Duration::from_millis(1),
+                Arc::new(Notify::new()),
+            )
+        };
+        let Attached::Ok { session, .. } = short(1) else {
+            panic!()
+        };
+        assert!(reg.detach(&session, 1).is_none());
+        std::thread::sleep(Duration::from_millis(5));
+        let Attached::Ok {
+            present, discarded, ..
+        } = short(2)
+        else {
+            panic!()
+        };
+        assert!(!present);
+        assert!(discarded.is_some_and(|old| Arc::ptr_eq(&old, &session)));
+    }
+
+    #[test]
     fn offline_sessions_keep_qos1_but_not_qos0() {
         let session = Session::new("d".into());
-        let msg = |qos| Queued {
-            message: Message {
-                topic: Bytes::from_static(b"t"),
-                payload: Bytes::new(),
-                retain: false,
-                properties: None,
-            },
-            qos,
-            retain: false,
-            downlink: None,
+        let msg = |qos| {
+            Queued::plain(
+                Message::new(Bytes::from_static(b"t"), Bytes::new(), false, qos, None),
+                qos,
+                false,
+            )
         };
         assert!(matches!(
             session.offer(msg(QoS::AtMostOnce), 2, QueueFullPolicy::DropOldest),

@@ -67,6 +67,19 @@ fn valid_topic_filter(filter: &str) -> bool {
     !filter.contains('\0') && rumqttc::v5::mqttbytes::valid_filter(filter)
 }
 
+/// Splits a shared subscription `$share/<group>/<filter>` into its group
+/// and filter; `None` for any other filter. The group name is at least one
+/// character without `/`, `+` or `#` [MQTT-4.8.2-1], [MQTT-4.8.2-2], and
+/// the filter must be a valid one.
+pub(crate) fn split_shared(filter: &str) -> Option<Result<(&str, &str), TopicError>> {
+    let rest = filter.strip_prefix("$share/")?;
+    let Some((group, filter)) = rest.split_once('/') else {
+        return Some(Err(TopicError::Invalid));
+    };
+    let valid = !group.is_empty() && !group.contains(['+', '#']) && valid_topic_filter(filter);
+    Some(valid.then_some((group, filter)).ok_or(TopicError::Invalid))
+}
+
 /// The part of a filter before its first wildcard level: every topic it
 /// matches starts with this (used to narrow retained-message look-ups).
 pub(crate) fn literal_prefix(filter: &str) -> &str {
@@ -141,6 +154,27 @@ mod tests {
         for (filter, topic) in [("a/+/c", "a/x/c"), ("a/b/#", "a/b"), ("a/b", "a/b")] {
             assert!(filter_matches(filter, topic));
             assert!(topic.starts_with(literal_prefix(filter)));
+        }
+    }
+
+    #[test]
+    fn shared_subscription_filters_split_into_group_and_filter() {
+        assert!(split_shared("devices/#").is_none());
+        assert_eq!(
+            split_shared("$share/workers/devices/+/up/#").map(Result::ok),
+            Some(Some(("workers", "devices/+/up/#")))
+        );
+        for invalid in [
+            "$share/",
+            "$share/g",
+            "$share//t",
+            "$share/g+/t",
+            "$share/g/a/#/b",
+        ] {
+            assert!(
+                matches!(split_shared(invalid), Some(Err(TopicError::Invalid))),
+                "{invalid}"
+            );
         }
     }
 

@@ -159,7 +159,10 @@ fn filter_admitted(limits: Limits, filter: &str) -> bool {
     let checked = check_topic_filter(filter, limits.length, limits.levels);
     let expected = within(limits, filter) && valid_filter(filter);
     assert_eq!(checked.is_ok(), expected, "check_filter({}) = {checked:?}", short(filter));
-    expected
+    // Shared subscriptions ($share/<group>/<filter>) route to one member of
+    // a group, not to every subscriber: the router's unit tests cover them,
+    // the model here does not.
+    expected && !filter.starts_with("$share/")
 }
 
 /// `topic::check_name`, likewise.

@@ -21,8 +21,8 @@ use tracing::{debug, info};
 /// The will of a connected client, published when it goes away uncleanly.
 pub(super) struct Will {
     pub topic: Arc<str>,
+    /// Its expiry is set when it is published.
     pub message: Message,
-    pub qos: QoS,
     pub delay: Duration,
 }
 
@@ -276,15 +276,29 @@ impl Connection {
                     .as_ref()
                     .and_then(|p| p.delay_interval)
                     .unwrap_or(0);
+                // The will's properties travel with it when it is published
+                // [MQTT-3.1.3-9] (its expiry counts from then).
+                let properties = w.properties.map(|p| {
+                    Arc::new(PublishProperties {
+                        payload_format_indicator: p.payload_format_indicator,
+                        message_expiry_interval: p.message_expiry_interval,
+                        content_type: p.content_type,
+                        response_topic: p.response_topic,
+                        correlation_data: p.correlation_data,
+                        user_properties: p.user_properties,
+                        ..Default::default()
+                    })
+                });
                 Some(Box::new(Will {
                     topic: topic.into(),
-                    qos: w.qos,
                     delay: Duration::from_secs(delay.into()),
                     message: Message {
                         topic: w.topic,
                         payload: w.message,
                         retain: w.retain,
-                        properties: None,
+                        qos: w.qos,
+                        properties,
+                        expires_at: None,
                     },
                 }))
             }
@@ -374,14 +388,23 @@ impl Connection {
             pending: FuturesOrdered::new(),
             reserved: None,
             waiting_for_permit: false,
-            outbound_limit: usize::from(
-                props
-                    .receive_maximum
-                    .unwrap_or(u16::MAX)
-                    .min(config.max_inflight_downlinks)
-                    .max(1),
-            ),
-            client_max_packet: props.max_packet_size.map_or(usize::MAX, |m| m as usize),
+            // [MQTT-3.3.4-9]: no more unacknowledged QoS 1/2 PUBLISHes
+            // than the client's Receive Maximum.
+            outbound_limit: props
+                .receive_maximum
+                .unwrap_or(u16::MAX)
+                .min(config.max_inflight_downlinks)
+                .max(1),
+            // [MQTT-3.1.2-24]: nothing larger than the client's Maximum Packet Size.
+            client_max_packet: props.max_packet_size.unwrap_or(u32::MAX),
+            client_alias_max: match version {
+                ProtocolVersion::V5 => props
+                    .topic_alias_max
+                    .unwrap_or(0)
+                    .min(config.topic_alias_maximum),
+                ProtocolVersion::V311 => 0,
+            },
+            aliases: None,
             revocation_epoch: shared.revocation_epoch(),
             log_gate: super::log_gate::LogGate::new(),
             congested_since: None,
@@ -394,12 +417,13 @@ impl Connection {
             retain_available: Some(u8::from(config.retain_enabled())),
             max_packet_size: Some(config.max_packet_size),
             assigned_client_identifier: assigned_id.then(|| client_id.clone()),
-            topic_alias_max: None,
+            // Aliases above it close the connection with 0x94 [MQTT-3.2.2-17].
+            topic_alias_max: Some(config.topic_alias_maximum),
             reason_string: None,
             user_properties: Vec::new(),
             wildcard_subscription_available: Some(1),
-            subscription_identifiers_available: Some(0),
-            shared_subscription_available: Some(0),
+            subscription_identifiers_available: Some(1),
+            shared_subscription_available: Some(1),
             server_keep_alive: server_keepalive,
             response_information: None,
             server_reference: None,

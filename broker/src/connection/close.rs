@@ -16,6 +16,8 @@ pub(crate) enum CloseReason {
     Revoked,
     ServerShutdown,
     ProtocolError,
+    /// An MQTT 5 topic alias of 0 or above the maximum Herald allows.
+    TopicAliasInvalid,
     PacketTooLarge,
     NotAuthorized,
     /// An MQTT 3.1.1 client went over a limit its protocol has no code for.
@@ -37,6 +39,7 @@ impl CloseReason {
             Self::Revoked => "auth_revoked",
             Self::ServerShutdown => "server_shutdown",
             Self::ProtocolError => "protocol_error",
+            Self::TopicAliasInvalid => "topic_alias_invalid",
             Self::PacketTooLarge => "packet_too_large",
             Self::NotAuthorized => "not_authorized",
             Self::LimitExceeded => "limit_exceeded",
@@ -53,6 +56,7 @@ impl CloseReason {
             Self::Revoked => DisconnectReasonCode::AdministrativeAction,
             Self::ServerShutdown => DisconnectReasonCode::ServerShuttingDown,
             Self::ProtocolError => DisconnectReasonCode::ProtocolError,
+            Self::TopicAliasInvalid => DisconnectReasonCode::TopicAliasInvalid,
             Self::PacketTooLarge => DisconnectReasonCode::PacketTooLarge,
             Self::NotAuthorized => DisconnectReasonCode::NotAuthorized,
             Self::LimitExceeded => DisconnectReasonCode::QuotaExceeded,

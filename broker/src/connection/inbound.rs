@@ -2,6 +2,7 @@
 //! bookkeeping and the sink, and their acknowledgements, sent in the order
 //! the PUBLISHes came in and never a success the sink did not confirm.
 
+use super::aliases::AliasError;
 use super::log_gate::{clip, gated_info};
 use super::{CloseReason, Connection};
 use crate::codec::{self, *};
@@ -141,11 +142,54 @@ impl Connection {
         self.send(out, &Packet::PubComp(comp));
     }
 
+    /// The topic of a PUBLISH that carries a topic alias: set or looked up
+    /// (MQTT 5 §3.3.2.3.4). The alias itself is not passed on.
+    fn resolve_alias(&mut self, publish: &mut Publish) -> Result<(), CloseReason> {
+        let Some(alias) = publish
+            .properties
+            .as_mut()
+            .and_then(|p| p.topic_alias.take())
+        else {
+            return Ok(());
+        };
+        let maximum = self.shared.config.topic_alias_maximum;
+        let topic = std::mem::take(&mut publish.topic);
+        let resolved = self
+            .aliases
+            .get_or_insert_with(Default::default)
+            .resolve(alias, topic, maximum);
+        match resolved {
+            Ok(topic) => {
+                publish.topic = topic;
+                Ok(())
+            }
+            Err(error) => {
+                self.shared
+                    .metrics
+                    .protocol_errors
+                    .with_label_values(&["topic_alias"])
+                    .inc();
+                gated_info!(
+                    self,
+                    alias,
+                    maximum,
+                    ?error,
+                    "closing connection on a bad topic alias"
+                );
+                Err(match error {
+                    AliasError::OutOfRange => CloseReason::TopicAliasInvalid,
+                    AliasError::Unknown => CloseReason::ProtocolError,
+                })
+            }
+        }
+    }
+
     pub(super) fn on_publish(
         &mut self,
         out: &mut BytesMut,
-        publish: Publish,
+        mut publish: Publish,
     ) -> Result<(), CloseReason> {
+        self.resolve_alias(&mut publish)?;
         let metrics = &self.shared.metrics;
         metrics
             .messages_received
@@ -159,7 +203,6 @@ impl Connection {
         let topic = match checked {
             Ok(topic) => Arc::<str>::from(topic),
             Err(TopicError::Invalid) => {
-                // Also an empty topic with a topic alias: none are granted.
                 metrics
                     .protocol_errors
                     .with_label_values(&["topic_invalid"])
@@ -241,15 +284,14 @@ impl Connection {
             );
             return self.settle(out, pkid, qos, Settled::Refused(Refusal::NoRoute));
         }
-        let message = Message {
-            topic: publish.topic,
-            payload: publish.payload,
-            retain: publish.retain,
-            properties: publish.properties.map(Arc::new),
-        };
-        let congested = self
-            .shared
-            .route(Some(&self.session), &topic, &message, qos);
+        let message = Message::new(
+            publish.topic,
+            publish.payload,
+            publish.retain,
+            qos,
+            publish.properties.map(Arc::new),
+        );
+        let congested = self.shared.route(Some(&self.session), &topic, &message);
         // Backpressure: the acknowledgement waits until the subscribers whose
         // queue this message filled have room again. Not for the client's own
         // session: it could never make room while its reading is paused.

@@ -11,6 +11,7 @@
 //! the wire), [`subscriptions`] and [`teardown`].
 
 mod admission;
+mod aliases;
 mod close;
 mod inbound;
 mod log_gate;
@@ -150,8 +151,14 @@ struct Connection {
     pending: FuturesOrdered<PendingAck>,
     reserved: Option<OwnedSemaphorePermit>,
     waiting_for_permit: bool,
-    outbound_limit: usize,
-    client_max_packet: usize,
+    /// The client's Receive Maximum, within `max_inflight_downlinks`.
+    outbound_limit: u16,
+    /// The client's Maximum Packet Size.
+    client_max_packet: u32,
+    /// The most topic aliases the client takes from Herald (its Topic Alias
+    /// Maximum, within `topic_alias_maximum`); 0 for none.
+    client_alias_max: u16,
+    aliases: Option<Box<aliases::TopicAliases>>,
     revocation_epoch: u64,
     log_gate: log_gate::LogGate,
     /// Since when the session's queue has been full without the client
@@ -364,10 +371,7 @@ impl Connection {
                 self.on_pubrel(out, rel);
                 Ok(())
             }
-            Packet::Subscribe(subscribe) => {
-                self.on_subscribe(out, subscribe);
-                Ok(())
-            }
+            Packet::Subscribe(subscribe) => self.on_subscribe(out, subscribe),
             Packet::Unsubscribe(unsubscribe) => {
                 self.on_unsubscribe(out, unsubscribe);
                 Ok(())
@@ -383,6 +387,12 @@ impl Connection {
                     .and_then(|p| p.session_expiry_interval)
                 {
                     let mut state = self.session.lock();
+                    // [MQTT-3.14.2-2]: a session that was to end with the
+                    // connection cannot be given an expiry now.
+                    if state.expiry.is_zero() && expiry != 0 {
+                        drop(state);
+                        return Err(self.protocol_error("Session Expiry set at DISCONNECT after 0"));
+                    }
                     state.expiry =
                         Duration::from_secs(expiry.into()).min(self.shared.config.session_expiry);
                 }

@@ -55,15 +55,45 @@ impl Connection {
         }
     }
 
-    pub(super) fn publish_packet(queued: &Queued, pkid: u16, dup: bool) -> Packet {
+    /// The PUBLISH that sends `queued`: its properties as published, with
+    /// what is left of its Message Expiry Interval [MQTT-3.3.2-6], the
+    /// Subscription Identifiers it matched [MQTT-3.3.4-3], and a topic alias
+    /// (`(alias, known)`: a known one replaces the topic name).
+    pub(super) fn publish_packet(
+        queued: &Queued,
+        pkid: u16,
+        dup: bool,
+        now: Instant,
+        alias: Option<(u16, bool)>,
+    ) -> Packet {
+        let message = &queued.message;
+        let rewritten =
+            message.expires_at.is_some() || !queued.subscription_ids.is_empty() || alias.is_some();
+        let properties = if rewritten {
+            let mut properties = message.properties.as_deref().cloned().unwrap_or_default();
+            if let Some(at) = message.expires_at {
+                // Rounded up: a message not yet expired never says 0.
+                let left = at.saturating_duration_since(now).as_millis().div_ceil(1000);
+                properties.message_expiry_interval = Some(left.min(u32::MAX.into()) as u32);
+            }
+            properties.subscription_identifiers = queued.subscription_ids.to_vec();
+            properties.topic_alias = alias.map(|(alias, _)| alias);
+            Some(properties)
+        } else {
+            message.properties.as_deref().cloned()
+        };
+        let topic = match alias {
+            Some((_, true)) => bytes::Bytes::new(),
+            _ => message.topic.clone(),
+        };
         Packet::Publish(Publish {
             dup,
             qos: queued.qos,
             retain: queued.retain,
-            topic: queued.message.topic.clone(),
+            topic,
             pkid,
-            payload: queued.message.payload.clone(),
-            properties: queued.message.properties.as_deref().cloned(),
+            payload: message.payload.clone(),
+            properties,
         })
     }
 
@@ -84,7 +114,7 @@ impl Connection {
         for inflight in &state.inflight {
             let packet = match inflight.stage {
                 OutboundStage::Published => {
-                    Self::publish_packet(&inflight.queued, inflight.pkid, true)
+                    Self::publish_packet(&inflight.queued, inflight.pkid, true, now, None)
                 }
                 OutboundStage::Released => Packet::PubRel(PubRel::new(inflight.pkid, None)),
             };
@@ -97,17 +127,24 @@ impl Connection {
     /// notes since when it has had none.
     pub(super) fn drain_session(&mut self, out: &mut BytesMut) {
         let metrics = &self.shared.metrics;
+        let now = Instant::now();
         let mut state = self.session.lock();
-        while out.len() < WRITE_HIGH_WATER && state.inflight.len() < self.outbound_limit {
+        while out.len() < WRITE_HIGH_WATER
+            && state.inflight.len() < usize::from(self.outbound_limit)
+        {
             let Some(queued) = state.queue.pop_front() else {
                 break;
             };
-            if let Some(tag) = queued
+            // Expired while it waited [MQTT-3.3.2-5]; a downlink also when
+            // nobody waits for its outcome any more.
+            let downlink_stale = queued
                 .downlink
                 .as_ref()
-                .filter(|tag| tag.is_stale(Instant::now()))
-            {
-                tag.settle(DeliveryOutcome::Expired);
+                .is_some_and(|tag| tag.is_stale(now));
+            if downlink_stale || queued.message.is_expired(now) {
+                if let Some(tag) = &queued.downlink {
+                    tag.settle(DeliveryOutcome::Expired);
+                }
                 metrics
                     .messages_dropped
                     .with_label_values(&["expired"])
@@ -119,8 +156,16 @@ impl Connection {
             } else {
                 state.allocate_pkid()
             };
-            let packet = Self::publish_packet(&queued, pkid, false);
-            if packet.size() > self.client_max_packet {
+            let alias_max = self.client_alias_max;
+            let alias = (alias_max > 0)
+                .then(|| {
+                    self.aliases
+                        .get_or_insert_with(Default::default)
+                        .outgoing(&queued.message.topic, alias_max)
+                })
+                .flatten();
+            let packet = Self::publish_packet(&queued, pkid, false, now, alias);
+            if packet.size() > self.client_max_packet as usize {
                 metrics
                     .messages_dropped
                     .with_label_values(&["client_max_packet_size"])
@@ -131,6 +176,9 @@ impl Connection {
                 continue;
             }
             self.send(out, &packet);
+            if let (Some((alias, false)), Some(aliases)) = (alias, self.aliases.as_mut()) {
+                aliases.assigned(queued.message.topic.clone(), alias);
+            }
             metrics
                 .messages_sent
                 .with_label_values(&[qos_label(queued.qos)])

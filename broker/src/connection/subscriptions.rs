@@ -2,19 +2,42 @@
 //! subscription list, the router, and retained messages after the SUBACK.
 
 use super::log_gate::{clip, gated_info};
-use super::Connection;
+use super::{CloseReason, Connection};
 use crate::codec::*;
-use crate::session::SubOptions;
-use crate::topic::check_filter;
+use crate::session::{Queued, SubOptions};
+use crate::topic::{check_filter, split_shared};
 use bytes::BytesMut;
+use std::num::NonZeroU32;
 
 impl Connection {
-    pub(super) fn on_subscribe(&mut self, out: &mut BytesMut, subscribe: Subscribe) {
+    pub(super) fn on_subscribe(
+        &mut self,
+        out: &mut BytesMut,
+        subscribe: Subscribe,
+    ) -> Result<(), CloseReason> {
+        // [MQTT-3.8.2.1.2]: a Subscription Identifier of 0 is a protocol error.
+        let id = match subscribe.properties.as_ref().and_then(|p| p.id) {
+            None => None,
+            Some(id) => match u32::try_from(id).ok().and_then(NonZeroU32::new) {
+                Some(id) => Some(id),
+                None => return Err(self.protocol_error("Subscription Identifier 0")),
+            },
+        };
         let mut codes = Vec::with_capacity(subscribe.filters.len());
         let mut retained = Vec::new();
         for filter in subscribe.filters {
             let path = filter.path.as_str();
             let checked = check_filter(path, &self.shared.config.limits);
+            // `$share/<group>/<filter>`: the ACL looks at the filter.
+            let shared = split_shared(path);
+            if shared.is_some() && filter.nolocal {
+                return Err(self.protocol_error("No Local on a shared subscription"));
+                // [MQTT-3.8.3-4]
+            }
+            let acl_filter = match shared {
+                Some(Ok((_, inner))) => inner,
+                _ => path,
+            };
             let code = if let Err(error) = checked {
                 if let Some(limit) = error.limit_label() {
                     self.shared
@@ -29,9 +52,9 @@ impl Connection {
                     );
                 }
                 SubscribeReasonCode::TopicFilterInvalid
-            } else if path.starts_with("$share/") {
-                SubscribeReasonCode::SharedSubscriptionsNotSupported
-            } else if !self.shared.auth.may_subscribe(self.client_id(), path) {
+            } else if let Some(Err(_)) = shared {
+                SubscribeReasonCode::TopicFilterInvalid
+            } else if !self.shared.auth.may_subscribe(self.client_id(), acl_filter) {
                 self.shared
                     .metrics
                     .acl_denied
@@ -48,6 +71,7 @@ impl Connection {
                     qos: filter.qos,
                     no_local: filter.nolocal,
                     retain_as_published: filter.preserve_retain,
+                    id,
                 };
                 let max_subscriptions = self.shared.config.limits.max_subscriptions_per_session;
                 let existed = {
@@ -80,11 +104,14 @@ impl Connection {
                     continue;
                 };
                 self.shared.router.subscribe(path, &self.session, options);
-                let send_retained = match filter.retain_forward_rule {
-                    RetainForwardRule::OnEverySubscribe => true,
-                    RetainForwardRule::OnNewSubscribe => !existed,
-                    RetainForwardRule::Never => false,
-                };
+                // Retain Handling 0/1/2 [MQTT-3.3.1-9], [MQTT-3.3.1-10],
+                // [MQTT-3.3.1-11]; none for a shared subscription (§4.8.2).
+                let send_retained = shared.is_none()
+                    && match filter.retain_forward_rule {
+                        RetainForwardRule::OnEverySubscribe => true,
+                        RetainForwardRule::OnNewSubscribe => !existed,
+                        RetainForwardRule::Never => false,
+                    };
                 // More than the queue holds would only be dropped again.
                 let room = self
                     .shared
@@ -92,7 +119,17 @@ impl Connection {
                     .max_queued_messages
                     .saturating_sub(retained.len());
                 if send_retained && room > 0 {
-                    retained.extend(self.shared.retained.matching(path, filter.qos, room));
+                    let ids: Box<[usize]> = id.map(|id| id.get() as usize).into_iter().collect();
+                    retained.extend(
+                        self.shared
+                            .retained
+                            .matching(path, filter.qos, room)
+                            .into_iter()
+                            .map(|queued| Queued {
+                                subscription_ids: ids.clone(),
+                                ..queued
+                            }),
+                    );
                 }
                 SubscribeReasonCode::Success(filter.qos)
             };
@@ -114,6 +151,7 @@ impl Connection {
         // Downlinks that waited for this subscription.
         self.shared.flush_mailbox(&self.session);
         self.drain_session(out);
+        Ok(())
     }
 
     pub(super) fn on_unsubscribe(&mut self, out: &mut BytesMut, unsubscribe: Unsubscribe) {

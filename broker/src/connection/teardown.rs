@@ -36,7 +36,11 @@ impl Connection {
                 .events
                 .disconnected(self.client_id(), self.generation, presence);
         }
-        if let Some(ended) = shared.registry.detach(&self.session, self.generation) {
+        let ended = shared.registry.detach(&self.session, self.generation);
+        if reason != CloseReason::TakenOver {
+            shared.redistribute_shared(&self.session);
+        }
+        if let Some(ended) = ended {
             shared.router.remove_session(&ended);
             shared.metrics.sessions.dec();
         }
@@ -57,7 +61,7 @@ impl Connection {
                 .inc();
         }
         if delay.is_zero() || !room {
-            shared.publish_will(&self.session, &will.topic, &will.message, will.qos);
+            shared.publish_will(&self.session, &will.topic, &will.message);
             return;
         }
         let shared = shared.clone();
@@ -73,7 +77,7 @@ impl Connection {
                 _ = shared.shutdown.cancelled() => return,
             }
             if shared.wills.take_due(&session.client_id, generation) {
-                shared.publish_will(&session, &will.topic, &will.message, will.qos);
+                shared.publish_will(&session, &will.topic, &will.message);
             }
         });
     }
