@@ -16,6 +16,9 @@ pub struct BrokerConfig {
     pub listen: SocketAddr,
     /// Optional MQTT-over-TLS listener. Default: none.
     pub tls: Option<TlsConfig>,
+    /// Optional MQTT-over-WebSocket listeners, plain (ws) and TLS (wss).
+    /// Default: none.
+    pub websocket: Option<WebSocketConfig>,
     /// Most concurrent client connections; past it a CONNECT gets CONNACK
     /// "server unavailable". Default: the open-file limit minus `fd_reserve`.
     pub max_connections: Option<usize>,
@@ -110,6 +113,7 @@ impl Default for BrokerConfig {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
             tls: None,
+            websocket: None,
             max_connections: None,
             fd_reserve: 1024,
             connect_timeout: Duration::from_secs(10),
@@ -267,6 +271,32 @@ pub struct TlsConfig {
     pub cert_path: PathBuf,
     /// PEM file with the server's private key. Required.
     pub key_path: PathBuf,
+}
+
+/// MQTT over WebSocket (`[broker.websocket]`): RFC 6455 with the `mqtt`
+/// subprotocol, served by the same broker core, limits and admission as the
+/// TCP listeners (`broker.proxy_protocol` applies to these listeners too).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocketConfig {
+    /// Plain WebSocket (ws://) listener, e.g. `0.0.0.0:8083`. Default: none.
+    pub listen: Option<SocketAddr>,
+    /// WebSocket over TLS (wss://) listener, e.g. `0.0.0.0:8084`, with the
+    /// certificate and key of `[broker.tls]`, which must be set. Default: none.
+    pub tls_listen: Option<SocketAddr>,
+    /// HTTP path of the upgrade request; any other path is answered 404.
+    /// Default `/mqtt`.
+    pub path: String,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            tls_listen: None,
+            path: "/mqtt".into(),
+        }
+    }
 }
 
 /// How clients are authenticated (`[broker.auth]`).
@@ -445,8 +475,66 @@ impl BrokerConfig {
         if self.auth.mode == AuthMode::Device {
             self.auth.fleet_key_bytes()?;
         }
+        if let Some(websocket) = &self.websocket {
+            self.validate_websocket(websocket)?;
+        }
         Ok(())
     }
+
+    /// `[broker.websocket]`: a listener to open, a usable path, TLS material
+    /// for wss, and no address that another listener already binds.
+    fn validate_websocket(&self, websocket: &WebSocketConfig) -> Result<(), ConfigError> {
+        if websocket.listen.is_none() && websocket.tls_listen.is_none() {
+            return Err(invalid(
+                "broker.websocket",
+                "set listen (ws) and/or tls_listen (wss), or remove the table",
+            ));
+        }
+        if websocket.tls_listen.is_some() && self.tls.is_none() {
+            return Err(invalid(
+                "broker.websocket.tls_listen",
+                "wss uses the certificate and key of [broker.tls], which is not set",
+            ));
+        }
+        let path = &websocket.path;
+        if !path.starts_with('/')
+            || path.len() > 256
+            || !path
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#')
+        {
+            return Err(invalid(
+                "broker.websocket.path",
+                "must start with / and be at most 256 printable ASCII characters without ? or #",
+            ));
+        }
+        // Port 0 picks a free port, so only fixed ports can collide.
+        let mut taken = vec![("broker.listen", self.listen)];
+        taken.extend(
+            self.tls
+                .as_ref()
+                .map(|tls| ("broker.tls.listen", tls.listen)),
+        );
+        for (key, addr) in [
+            ("broker.websocket.listen", websocket.listen),
+            ("broker.websocket.tls_listen", websocket.tls_listen),
+        ] {
+            let Some(addr) = addr else { continue };
+            if addr.port() != 0 {
+                if let Some((other, _)) = taken.iter().find(|(_, a)| same_socket(*a, addr)) {
+                    return Err(invalid(key, format!("{addr} is already {other}")));
+                }
+            }
+            taken.push((key, addr));
+        }
+        Ok(())
+    }
+}
+
+/// Whether binding `a` and `b` would collide: the same port on the same
+/// address, or on any address when either is unspecified (0.0.0.0, ::).
+fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 impl AuthConfig {
@@ -484,5 +572,112 @@ impl AuthConfig {
             ));
         }
         Ok(bytes)
+    }
+}
+
+#[cfg(test)]
+mod websocket_tests {
+    use super::*;
+
+    fn open_with(websocket: WebSocketConfig) -> BrokerConfig {
+        let mut config = BrokerConfig::default();
+        config.auth.mode = AuthMode::Open;
+        config.websocket = Some(websocket);
+        config
+    }
+
+    fn tls() -> TlsConfig {
+        TlsConfig {
+            listen: "0.0.0.0:8883".parse().unwrap(),
+            cert_path: "server.crt".into(),
+            key_path: "server.key".into(),
+        }
+    }
+
+    fn key_of(config: &BrokerConfig) -> Option<&'static str> {
+        config.validate().err().map(|e| e.key)
+    }
+
+    #[test]
+    fn a_ws_listener_with_the_default_path_is_valid() {
+        let websocket = WebSocketConfig {
+            listen: Some("0.0.0.0:8083".parse().unwrap()),
+            ..Default::default()
+        };
+        assert_eq!(websocket.path, "/mqtt");
+        assert_eq!(key_of(&open_with(websocket)), None);
+    }
+
+    #[test]
+    fn wss_needs_the_tls_section() {
+        let websocket = WebSocketConfig {
+            tls_listen: Some("0.0.0.0:8084".parse().unwrap()),
+            ..Default::default()
+        };
+        let mut config = open_with(websocket);
+        let error = config.validate().unwrap_err();
+        assert_eq!(error.key, "broker.websocket.tls_listen");
+        assert!(error.to_string().contains("[broker.tls]"), "{error}");
+        config.tls = Some(tls());
+        assert_eq!(key_of(&config), None);
+    }
+
+    #[test]
+    fn a_table_without_a_listener_is_refused() {
+        assert_eq!(
+            key_of(&open_with(WebSocketConfig::default())),
+            Some("broker.websocket")
+        );
+    }
+
+    #[test]
+    fn bad_paths_are_refused() {
+        for path in ["mqtt", "", "/mq tt", "/mqtt?x=1", "/a#b", "/\u{e9}"] {
+            let websocket = WebSocketConfig {
+                listen: Some("0.0.0.0:8083".parse().unwrap()),
+                path: path.into(),
+                ..Default::default()
+            };
+            assert_eq!(
+                key_of(&open_with(websocket)),
+                Some("broker.websocket.path"),
+                "{path:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn addresses_another_listener_binds_are_refused() {
+        let cases = [
+            // The MQTT listener's port, on 0.0.0.0 or on one address of it.
+            ("0.0.0.0:1883", None, "broker.websocket.listen"),
+            ("127.0.0.1:1883", None, "broker.websocket.listen"),
+            // The TLS listener's.
+            ("0.0.0.0:8883", None, "broker.websocket.listen"),
+            // ws and wss on one port.
+            (
+                "0.0.0.0:8083",
+                Some("127.0.0.1:8083"),
+                "broker.websocket.tls_listen",
+            ),
+        ];
+        for (listen, tls_listen, key) in cases {
+            let mut config = open_with(WebSocketConfig {
+                listen: Some(listen.parse().unwrap()),
+                tls_listen: tls_listen.map(|a| a.parse().unwrap()),
+                ..Default::default()
+            });
+            config.tls = Some(tls());
+            assert_eq!(key_of(&config), Some(key), "{listen} {tls_listen:?}");
+        }
+        // Port 0 (a free port each) never collides.
+        let mut config = open_with(WebSocketConfig {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            tls_listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..Default::default()
+        });
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.tls = Some(tls());
+        assert_eq!(key_of(&config), None);
     }
 }

@@ -34,6 +34,7 @@ mod server;
 mod session;
 mod sink;
 mod topic;
+mod websocket;
 mod wills;
 
 pub use config::{

@@ -4,6 +4,7 @@
 use crate::config::{BrokerConfig, ConfigError, TlsConfig};
 use crate::connection;
 use crate::proxy_protocol;
+use crate::websocket::{Upgrader, WebSocketError, WsStream};
 use crate::{
     Authenticator, BrokerHandle, BrokerHooks, DelayedWills, FlappingDetector, Metrics, Registry,
     RetainedStore, Router, Shared,
@@ -41,6 +42,8 @@ pub struct Broker {
     tracker: TaskTracker,
     local_addr: SocketAddr,
     tls_local_addr: Option<SocketAddr>,
+    websocket_local_addr: Option<SocketAddr>,
+    websocket_tls_local_addr: Option<SocketAddr>,
 }
 
 impl Broker {
@@ -69,6 +72,19 @@ impl Broker {
             None => None,
         };
         let tls_local_addr = tls_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let websocket = config.websocket.clone().unwrap_or_default();
+        let upgrader = Arc::new(Upgrader::new(&websocket.path, &config));
+        let ws_listener = match websocket.listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        // validate() made sure [broker.tls] (so `tls`) is there for wss.
+        let wss_listener = match (websocket.tls_listen, &tls) {
+            (Some(addr), Some(_)) => Some(bind(addr).await?),
+            _ => None,
+        };
+        let websocket_local_addr = ws_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let websocket_tls_local_addr = wss_listener.as_ref().and_then(|l| l.local_addr().ok());
 
         let retained = RetainedStore::new(&config.limits);
         let flapping = FlappingDetector::new(&config.admission);
@@ -105,13 +121,36 @@ impl Broker {
         }
         let tracker = TaskTracker::new();
         info!(%local_addr, max_connections, "MQTT listener up");
-        tracker.spawn(accept_loop(shared.clone(), listener, None, tracker.clone()));
-        if let (Some(listener), Some(acceptor)) = (tls_listener, tls) {
+        tracker.spawn(accept_loop(
+            shared.clone(),
+            listener,
+            Transport::Mqtt,
+            tracker.clone(),
+        ));
+        if let (Some(listener), Some(acceptor)) = (tls_listener, tls.clone()) {
             info!(addr = ?tls_local_addr, "MQTT TLS listener up");
             tracker.spawn(accept_loop(
                 shared.clone(),
                 listener,
-                Some(acceptor),
+                Transport::Tls(acceptor),
+                tracker.clone(),
+            ));
+        }
+        if let Some(listener) = ws_listener {
+            info!(addr = ?websocket_local_addr, path = %websocket.path, "MQTT WebSocket listener up");
+            tracker.spawn(accept_loop(
+                shared.clone(),
+                listener,
+                Transport::WebSocket(upgrader.clone()),
+                tracker.clone(),
+            ));
+        }
+        if let (Some(listener), Some(acceptor)) = (wss_listener, tls) {
+            info!(addr = ?websocket_tls_local_addr, path = %websocket.path, "MQTT WebSocket TLS listener up");
+            tracker.spawn(accept_loop(
+                shared.clone(),
+                listener,
+                Transport::WebSocketTls(acceptor, upgrader),
                 tracker.clone(),
             ));
         }
@@ -131,6 +170,8 @@ impl Broker {
             tracker,
             local_addr,
             tls_local_addr,
+            websocket_local_addr,
+            websocket_tls_local_addr,
         })
     }
 
@@ -149,6 +190,16 @@ impl Broker {
     /// Address of the TLS listener, if any.
     pub fn tls_local_addr(&self) -> Option<SocketAddr> {
         self.tls_local_addr
+    }
+
+    /// Address of the MQTT-over-WebSocket (ws) listener, if any.
+    pub fn websocket_local_addr(&self) -> Option<SocketAddr> {
+        self.websocket_local_addr
+    }
+
+    /// Address of the MQTT-over-WebSocket TLS (wss) listener, if any.
+    pub fn websocket_tls_local_addr(&self) -> Option<SocketAddr> {
+        self.websocket_tls_local_addr
     }
 
     /// Most connections accepted at once.
@@ -287,10 +338,24 @@ fn tls_acceptor(config: &TlsConfig) -> Result<TlsAcceptor, BrokerError> {
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
 
+/// What a listener runs on an accepted socket before MQTT.
+enum Transport {
+    Mqtt,
+    Tls(TlsAcceptor),
+    /// MQTT over WebSocket (ws).
+    WebSocket(Arc<Upgrader>),
+    /// MQTT over WebSocket over TLS (wss).
+    WebSocketTls(TlsAcceptor, Arc<Upgrader>),
+}
+
+/// How long a plain WebSocket connection the listener does not admit has for
+/// its upgrade request before it is closed unanswered.
+const REFUSAL_UPGRADE_TIMEOUT: Duration = Duration::from_secs(2);
+
 async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    transport: Transport,
     tracker: TaskTracker,
 ) {
     // Sockets accepted but not yet through CONNECT, or being refused.
@@ -327,9 +392,11 @@ async fn accept_loop(
         };
         if let Some(refusal) = refusal {
             // Refusals are cheap but still take a descriptor: cap them.
-            // A TLS refusal would cost the handshake it is meant to spare.
+            // A TLS refusal would cost the handshake it is meant to spare;
+            // so would a wss one, which is never answered.
             if handshaking.load(Ordering::Relaxed) > shared.config.fd_reserve / 2
-                || (over_rate && tls.is_some())
+                || (over_rate && matches!(transport, Transport::Tls(_)))
+                || matches!(transport, Transport::WebSocketTls(..))
             {
                 shared
                     .metrics
@@ -339,6 +406,25 @@ async fn accept_loop(
                 continue;
             }
             let guard = HandshakeGuard::new(&handshaking);
+            if let Transport::WebSocket(upgrader) = &transport {
+                // The CONNACK that says why travels over the WebSocket.
+                let upgrader = upgrader.clone();
+                tracker.spawn(async move {
+                    let _guard = guard;
+                    if terminal_address(&shared_conn, &mut stream, peer)
+                        .await
+                        .is_none()
+                    {
+                        return;
+                    }
+                    let upgrade = upgrader.accept(stream);
+                    if let Ok(Ok(ws)) = tokio::time::timeout(REFUSAL_UPGRADE_TIMEOUT, upgrade).await
+                    {
+                        connection::refuse_unadmitted(shared_conn, ws, refusal).await;
+                    }
+                });
+                continue;
+            }
             tracker.spawn(async move {
                 let _guard = guard;
                 if terminal_address(&shared_conn, &mut stream, peer)
@@ -351,15 +437,15 @@ async fn accept_loop(
             continue;
         }
         let guard = HandshakeGuard::new(&handshaking);
-        match &tls {
-            None => {
+        match &transport {
+            Transport::Mqtt => {
                 tracker.spawn(async move {
                     if let Some(peer) = terminal_address(&shared_conn, &mut stream, peer).await {
                         connection::serve(shared_conn, stream, peer, guard).await;
                     }
                 });
             }
-            Some(acceptor) => {
+            Transport::Tls(acceptor) => {
                 let acceptor = acceptor.clone();
                 tracker.spawn(async move {
                     let Some(peer) = terminal_address(&shared_conn, &mut stream, peer).await else {
@@ -388,8 +474,74 @@ async fn accept_loop(
                     }
                 });
             }
+            Transport::WebSocket(upgrader) => {
+                let upgrader = upgrader.clone();
+                tracker.spawn(async move {
+                    let Some(peer) = terminal_address(&shared_conn, &mut stream, peer).await else {
+                        return;
+                    };
+                    let timeout = shared_conn.config.connect_timeout;
+                    let upgraded = tokio::time::timeout(timeout, upgrader.accept(stream)).await;
+                    if let Some(ws) = upgraded_or_counted(&shared_conn, upgraded, peer) {
+                        connection::serve(shared_conn, ws, peer, guard).await;
+                    }
+                });
+            }
+            Transport::WebSocketTls(acceptor, upgrader) => {
+                let (acceptor, upgrader) = (acceptor.clone(), upgrader.clone());
+                tracker.spawn(async move {
+                    let Some(peer) = terminal_address(&shared_conn, &mut stream, peer).await else {
+                        return;
+                    };
+                    // One connect timeout for the TLS handshake and the upgrade.
+                    let timeout = shared_conn.config.connect_timeout;
+                    let upgraded = tokio::time::timeout(timeout, async {
+                        match acceptor.accept(stream).await {
+                            Ok(tls_stream) => Some(upgrader.accept(tls_stream).await),
+                            Err(error) => {
+                                shared_conn
+                                    .metrics
+                                    .protocol_errors
+                                    .with_label_values(&["tls_handshake"])
+                                    .inc();
+                                tracing::debug!(%error, "TLS handshake failed");
+                                None
+                            }
+                        }
+                    })
+                    .await;
+                    // None: the TLS handshake failed, counted as such.
+                    let Some(upgraded) = upgraded.transpose() else {
+                        return;
+                    };
+                    if let Some(ws) = upgraded_or_counted(&shared_conn, upgraded, peer) {
+                        connection::serve(shared_conn, ws, peer, guard).await;
+                    }
+                });
+            }
         }
     }
+}
+
+/// The upgraded WebSocket connection, or `None` after counting a failed or
+/// timed-out upgrade as a `websocket_handshake` protocol error.
+fn upgraded_or_counted<S>(
+    shared: &Shared,
+    upgraded: Result<Result<WsStream<S>, WebSocketError>, tokio::time::error::Elapsed>,
+    peer: SocketAddr,
+) -> Option<WsStream<S>> {
+    let error = match upgraded {
+        Ok(Ok(ws)) => return Some(ws),
+        Ok(Err(error)) => error.to_string(),
+        Err(_) => "no WebSocket upgrade within the connect timeout".to_string(),
+    };
+    shared
+        .metrics
+        .protocol_errors
+        .with_label_values(&["websocket_handshake"])
+        .inc();
+    tracing::debug!(%peer, %error, "WebSocket upgrade refused");
+    None
 }
 
 /// The terminal's address: the socket's `peer`, or with `proxy_protocol` on,

@@ -85,6 +85,17 @@ impl TestBroker {
             .map(|m| m.get_counter().get_value() as u64)
             .sum()
     }
+
+    /// The value of counter `name`, summed over its labels.
+    pub fn counter_total(&self, name: &str) -> u64 {
+        self.registry
+            .gather()
+            .iter()
+            .filter(|family| family.name() == name)
+            .flat_map(|family| family.get_metric().iter())
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    }
 }
 
 /// A minimal MQTT 5 client that shows every packet, for exact assertions.
@@ -236,5 +247,59 @@ impl WithPkid for Subscribe {
     fn with_pkid(mut self, pkid: u16) -> Self {
         self.pkid = pkid;
         self
+    }
+}
+
+/// A self-signed certificate for `localhost` and 127.0.0.1, made with the
+/// `openssl` command line, in a directory removed on drop.
+pub struct TestCert {
+    pub dir: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl TestCert {
+    pub fn new() -> TestCert {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "herald-broker-cert-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+        let made = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+            .args(["-subj", "/CN=localhost", "-addext"])
+            .arg("subjectAltName=DNS:localhost,IP:127.0.0.1")
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            made.status.success(),
+            "openssl makes a test certificate: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        TestCert { dir, cert, key }
+    }
+
+    /// A `[broker.tls]` on an ephemeral loopback port with this certificate.
+    pub fn tls_config(&self) -> herald_broker::TlsConfig {
+        herald_broker::TlsConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            cert_path: self.cert.clone(),
+            key_path: self.key.clone(),
+        }
+    }
+}
+
+impl Drop for TestCert {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
