@@ -94,7 +94,9 @@ pub struct BrokerConfig {
     /// MQTT 5 Topic Alias Maximum: the most topic aliases a client may use
     /// on one connection (a higher alias closes it with 0x94), and the most
     /// the broker assigns to the topics it sends a client that allows them.
-    /// 0 turns topic aliases off. Default 10.
+    /// 0 turns topic aliases off; at most 1024, since each alias a client
+    /// sets holds a topic name (up to `max_topic_length`) while it is
+    /// connected. Default 10.
     pub topic_alias_maximum: u16,
     /// How a message on a shared subscription (`$share/<group>/<filter>`)
     /// picks one member of the group: `round_robin` (default) or
@@ -405,6 +407,14 @@ impl BrokerConfig {
                 "must be at least 64 bytes",
             ));
         }
+        // Each alias a client sets holds a topic name for the connection's
+        // life: at most this many × max_topic_length bytes per connection.
+        if self.topic_alias_maximum > 1024 {
+            return Err(invalid(
+                "broker.topic_alias_maximum",
+                "must be at most 1024 (each alias holds a topic for the connection's life)",
+            ));
+        }
         let admission = &self.admission;
         if admission.max_connect_rate > 0 && admission.connect_burst == 0 {
             return Err(invalid(
@@ -679,5 +689,21 @@ mod websocket_tests {
         config.listen = "127.0.0.1:0".parse().unwrap();
         config.tls = Some(tls());
         assert_eq!(key_of(&config), None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_topic_alias_maximum_is_bounded() {
+        let mut config = BrokerConfig::default();
+        config.auth.mode = AuthMode::Open;
+        config.topic_alias_maximum = 1024;
+        assert!(config.validate().is_ok());
+        config.topic_alias_maximum = 1025;
+        let error = config.validate().unwrap_err();
+        assert_eq!(error.key, "broker.topic_alias_maximum");
     }
 }
