@@ -18,6 +18,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
+/// Largest binary message sent. tungstenite's output buffer keeps the
+/// capacity of the largest frame it ever wrote for the connection's life, so
+/// this bounds what a subscriber of large messages leaves allocated; a larger
+/// packet spans messages, which clients must accept [MQTT-6.0.0-2].
+pub(crate) const MAX_SENT_MESSAGE: usize = 16 * 1024;
+
 /// A socket that fails a read past `remaining` bytes, until lifted.
 pub(crate) struct Budgeted<S> {
     inner: S,
@@ -178,9 +184,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
-    /// Sends all of `buf` as one binary message [MQTT-6.0.0-1]: `Io` writes
-    /// whole packets, so a message holds whole packets, which is what most
-    /// clients expect even though they must not rely on it.
+    /// Sends `buf`, up to [`MAX_SENT_MESSAGE`] of it, as one binary message
+    /// [MQTT-6.0.0-1].
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -190,10 +195,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
         ready!(this.ws.poll_ready_unpin(cx)).map_err(to_io)?;
         // The broker answers: the CONNECT is read, so lift its budget.
         this.ws.get_mut().lift();
+        let sent = &buf[..buf.len().min(MAX_SENT_MESSAGE)];
         this.ws
-            .start_send_unpin(Message::Binary(Bytes::copy_from_slice(buf)))
+            .start_send_unpin(Message::Binary(Bytes::copy_from_slice(sent)))
             .map_err(to_io)?;
-        Poll::Ready(Ok(buf.len()))
+        Poll::Ready(Ok(sent.len()))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

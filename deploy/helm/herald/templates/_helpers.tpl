@@ -145,6 +145,13 @@ herald.toml as a dict (YAML): the chart's defaults, then .Values.config over the
 {{- if .Values.tls.enabled -}}
 {{- $_ := set $broker "tls" (dict "listen" "0.0.0.0:8883" "cert_path" "/etc/herald/tls/tls.crt" "key_path" "/etc/herald/tls/tls.key") -}}
 {{- end -}}
+{{- if .Values.websocket.enabled -}}
+{{- $websocket := dict "listen" "0.0.0.0:8083" "path" .Values.websocket.path -}}
+{{- if .Values.tls.enabled -}}
+{{- $_ := set $websocket "tls_listen" "0.0.0.0:8084" -}}
+{{- end -}}
+{{- $_ := set $broker "websocket" $websocket -}}
+{{- end -}}
 {{- if .Values.proxyProtocol.enabled -}}
 {{- $_ := set $broker "proxy_protocol" true -}}
 {{- end -}}
