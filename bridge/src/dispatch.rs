@@ -14,6 +14,7 @@ use crate::presence_view::PresenceView;
 use crate::producer::HeraldProducer;
 use herald_broker::{BrokerHandle, DeliveryOutcome, DeliveryTicket, Downlink};
 use herald_schemas::headers;
+use herald_schemas::trace::TraceContext;
 use herald_schemas::v1::{
     CommandKind, DeliveryOutcome as ReceiptOutcome, DeliveryReceipt, DownlinkCommand,
 };
@@ -73,6 +74,8 @@ pub(crate) enum Pending {
 
 pub(crate) struct Routed {
     command: DownlinkCommand,
+    /// The command's trace context, kept on its forward to another node.
+    trace: Option<TraceContext>,
     /// Its payload is the record's value, forwarded as it is.
     downlink: Downlink,
     expires_at_ms: i64,
@@ -149,7 +152,9 @@ impl Dispatcher {
 
     /// Decodes a command and sends it on its way: to this node's broker or
     /// to another node's inbox. Synchronous, so commands keep their order.
-    pub(crate) fn start(&self, message: &OwnedMessage) -> Pending {
+    /// `trace` ([`command_trace`]) goes out with it: as MQTT 5 user
+    /// properties to the device, as headers to another node's inbox.
+    pub(crate) fn start(&self, message: &OwnedMessage, trace: Option<&TraceContext>) -> Pending {
         let key = message.key().unwrap_or_default();
         let payload = message.payload().unwrap_or_default();
         let now = now_ms();
@@ -196,8 +201,12 @@ impl Dispatcher {
             ),
             payload: payload.to_vec().into(),
             expires_at: Some(UNIX_EPOCH + Duration::from_millis(expires_at_ms.max(0) as u64)),
-            // Filled in by the trace-context work (traceparent header → user property).
-            user_properties: Vec::new(),
+            // The broker leaves them out for an MQTT 3.1.1 device.
+            user_properties: trace
+                .iter()
+                .flat_map(|trace| trace.pairs())
+                .map(|(name, value)| (name.to_owned(), value.to_owned()))
+                .collect(),
         };
         let forwards = message
             .headers()
@@ -208,6 +217,7 @@ impl Dispatcher {
         let watcher = self.view.watch(&command.device_id);
         let mut routed = Routed {
             command,
+            trace: trace.cloned(),
             downlink,
             expires_at_ms,
             forwards,
@@ -246,7 +256,7 @@ impl Dispatcher {
         let record = FutureRecord::to(&topic)
             .key(&routed.command.device_id)
             .payload(&routed.downlink.payload[..])
-            .headers(
+            .headers(with_trace(
                 OwnedHeaders::new()
                     .insert(Header {
                         key: headers::FORWARDS,
@@ -256,7 +266,8 @@ impl Dispatcher {
                         key: headers::FORWARDED_BY,
                         value: Some(self.view.node().as_ref()),
                     }),
-            );
+                routed.trace.as_ref(),
+            ));
         match self.producer.send_result(record) {
             Ok(delivery) => Some(delivery),
             Err((error, _)) => {
@@ -382,10 +393,12 @@ impl Dispatcher {
 
     /// Writes a receipt, retrying until Kafka acknowledges it; while the
     /// producer's queue is full, waits for room. Returns false if shutdown
-    /// came first.
+    /// came first. The receipt carries its command's `trace`, so that its
+    /// readers (the print dispatcher) stay in the command's trace.
     pub(crate) async fn write_receipt(
         &self,
         receipt: &DeliveryReceipt,
+        trace: Option<&TraceContext>,
         shutdown: &CancellationToken,
     ) -> bool {
         let label = match receipt.outcome() {
@@ -400,7 +413,8 @@ impl Dispatcher {
         loop {
             let record = FutureRecord::to(&self.settings.receipts_topic)
                 .key(&receipt.device_id)
-                .payload(&payload);
+                .payload(&payload)
+                .headers(with_trace(OwnedHeaders::new(), trace));
             let failure = match self.producer.send_result(record) {
                 Ok(delivery) => match delivery.await {
                     Ok(Ok(_)) => return true,
@@ -428,6 +442,31 @@ impl Dispatcher {
     }
 }
 
+/// The trace context of a command record (W3C Trace Context, see
+/// `herald_schemas::trace`). An invalid `traceparent` is not passed on.
+pub(crate) fn command_trace(message: &OwnedMessage) -> Option<TraceContext> {
+    let headers = message.headers()?;
+    match TraceContext::from_headers(headers.iter().map(|h| (h.key, h.value)))? {
+        Ok(trace) => Some(trace),
+        Err(error) => {
+            debug!(topic = message.topic(), partition = message.partition(), offset = message.offset(), %error,
+                "command's traceparent header is not W3C trace context; not passed on");
+            None
+        }
+    }
+}
+
+/// `headers` and then `trace`'s headers, if any.
+fn with_trace(mut headers: OwnedHeaders, trace: Option<&TraceContext>) -> OwnedHeaders {
+    for (key, value) in trace.iter().flat_map(|trace| trace.pairs()) {
+        headers = headers.insert(Header {
+            key,
+            value: Some(value),
+        });
+    }
+    headers
+}
+
 fn receipt(
     command: &DownlinkCommand,
     outcome: ReceiptOutcome,
@@ -445,5 +484,76 @@ fn receipt(
             0
         },
         at_ms: now,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::Timestamp;
+
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn command_record(headers: OwnedHeaders) -> OwnedMessage {
+        OwnedMessage::new(
+            Some(Vec::new()),
+            Some(b"spk-1".to_vec()),
+            "herald.downlink".into(),
+            Timestamp::NotAvailable,
+            0,
+            9,
+            Some(headers),
+        )
+    }
+
+    #[test]
+    fn a_commands_valid_trace_context_is_taken_and_written_again() {
+        let record = command_record(
+            OwnedHeaders::new()
+                .insert(Header {
+                    key: "traceparent",
+                    value: Some(TRACEPARENT),
+                })
+                .insert(Header {
+                    key: "tracestate",
+                    value: Some("rojo=1"),
+                }),
+        );
+        let trace = command_trace(&record).expect("a valid traceparent");
+        assert_eq!(
+            (trace.traceparent(), trace.tracestate()),
+            (TRACEPARENT, Some("rojo=1"))
+        );
+        // On an inbox forward or a receipt: after the record's own headers.
+        let headers = with_trace(
+            OwnedHeaders::new().insert(Header {
+                key: headers::FORWARDS,
+                value: Some("1"),
+            }),
+            Some(&trace),
+        );
+        let written: Vec<(&str, &[u8])> = headers
+            .iter()
+            .map(|h| (h.key, h.value.unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            written,
+            [
+                ("herald-forwards", &b"1"[..]),
+                ("traceparent", TRACEPARENT.as_bytes()),
+                ("tracestate", b"rojo=1"),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_invalid_or_missing_traceparent_is_not_passed_on() {
+        let invalid = command_record(OwnedHeaders::new().insert(Header {
+            key: "traceparent",
+            value: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7"),
+        }));
+        assert_eq!(command_trace(&invalid), None);
+        assert_eq!(command_trace(&command_record(OwnedHeaders::new())), None);
+        assert_eq!(with_trace(OwnedHeaders::new(), None).count(), 0);
     }
 }

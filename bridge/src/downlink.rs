@@ -21,7 +21,7 @@ use crate::config::KafkaConfig;
 use crate::consumers::{
     create_consumer, inbox_topic, inbox_topic_prefix, Consumer as CommandConsumer, ConsumerRole,
 };
-use crate::dispatch::{DispatchSettings, Dispatcher, Settled};
+use crate::dispatch::{self, DispatchSettings, Dispatcher, Settled};
 use crate::orphans::OrphanInboxes;
 use crate::presence_view::PresenceView;
 use crate::producer::{create_producer, Flusher, ProducerRole};
@@ -278,7 +278,8 @@ async fn consume_with(
             .unwrap_or_else(|e| e.into_inner())
             .begin(&topic, partition, offset);
         // Routed here, in partition order; only the wait runs apart.
-        let pending = dispatcher.start(&message);
+        let trace = dispatch::command_trace(&message);
+        let pending = dispatcher.start(&message, trace.as_ref());
         let (dispatcher, tracker, consumer, shutdown) = (
             dispatcher.clone(),
             tracker.clone(),
@@ -289,7 +290,11 @@ async fn consume_with(
         tokio::spawn(async move {
             let _permit = permit;
             let handled = match dispatcher.settle(pending, &shutdown).await {
-                Settled::Receipt(receipt) => dispatcher.write_receipt(&receipt, &shutdown).await,
+                Settled::Receipt(receipt) => {
+                    dispatcher
+                        .write_receipt(&receipt, trace.as_ref(), &shutdown)
+                        .await
+                }
                 Settled::Forwarded => true,
                 Settled::Abandoned => false,
             };

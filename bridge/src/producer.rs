@@ -15,6 +15,7 @@ use crate::BridgeError;
 use herald_broker::{Rejection, Uplink, UplinkAck, UplinkError, UplinkSink};
 use herald_kafka::options::check_reserved;
 use herald_kafka::stats::{with_statistics, KafkaStatsMetrics, StatsContext};
+use herald_schemas::trace::TraceContext;
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -263,16 +264,59 @@ fn millis_since_epoch(uplink: &Uplink) -> i64 {
         .unwrap_or(0)
 }
 
-/// Herald's headers for `uplink`, with its MQTT 5 user properties as long
-/// as their names and values stay within `user_property_budget` bytes.
-/// Herald's own headers (device id, topic, QoS, reception time, message id,
-/// DUP) come first and always: the budget only limits the user properties.
-fn uplink_headers(uplink: &Uplink, user_property_budget: usize) -> OwnedHeaders {
+/// The device's trace context: its first `traceparent` user property when
+/// that is valid W3C Trace Context (§3.2), with its first `tracestate`.
+/// Returns the context and the positions of the user properties it took.
+fn uplink_trace(uplink: &Uplink) -> Option<(TraceContext, [Option<usize>; 2])> {
+    let position = |name: &str| {
+        uplink
+            .user_properties
+            .iter()
+            .position(|(key, _)| key == name)
+    };
+    let parent = position(header::TRACEPARENT)?;
+    let state = position(header::TRACESTATE);
+    let tracestate = state.map(|i| uplink.user_properties[i].1.as_bytes());
+    match TraceContext::parse(uplink.user_properties[parent].1.as_bytes(), tracestate) {
+        Ok(context) => {
+            // An invalid tracestate is not taken: it stays a user property.
+            let state = state.filter(|_| context.tracestate().is_some());
+            Some((context, [Some(parent), state]))
+        }
+        Err(error) => {
+            tracing::debug!(
+                device_id = %uplink.client_id, %error,
+                "traceparent user property is not W3C trace context; kept as a plain user property"
+            );
+            None
+        }
+    }
+}
+
+/// The Kafka headers of `uplink`, in this order:
+///
+/// 1. Herald's own (device id, topic, QoS, reception time, message id,
+///    DUP), always.
+/// 2. The device's trace context as `traceparent` (and `tracestate`), when
+///    its `traceparent` user property is valid (see [`uplink_trace`]).
+///    Always too: it is bounded (under 1 KiB) and is what finds a record,
+///    dead letters included, in a trace. Written once, under the W3C names
+///    readers of Kafka's trace context look for, not again as
+///    `mqtt-user-traceparent`; an invalid one stays a plain user property.
+/// 3. The MQTT 5 properties Herald passes through, as sent: Content Type,
+///    Response Topic, Correlation Data (raw bytes), then the user
+///    properties as `mqtt-user-<name>` in the device's order. Their names
+///    and values count against `property_budget`: the first one that does
+///    not fit ends the list, so what is written is always a prefix of it,
+///    in order. Uplink records pass no limit (the MQTT packet bounded these
+///    and a record holds the largest packet); a dead letter passes
+///    `kafka.dead_letter_max_payload`.
+fn uplink_headers(uplink: &Uplink, property_budget: usize) -> OwnedHeaders {
     let qos = uplink.qos.to_string();
     let received = millis_since_epoch(uplink).to_string();
     let message_id = message_id(&uplink.client_id, &uplink.topic, &uplink.payload);
     let dup: &[u8] = if uplink.dup { b"1" } else { b"0" };
-    let mut headers = OwnedHeaders::new_with_capacity(10 + uplink.user_properties.len())
+    let mut headers = OwnedHeaders::new_with_capacity(13 + uplink.user_properties.len())
         .insert(Header {
             key: header::DEVICE_ID,
             value: Some(uplink.client_id.as_bytes()),
@@ -297,11 +341,48 @@ fn uplink_headers(uplink: &Uplink, user_property_budget: usize) -> OwnedHeaders 
             key: header::DUP,
             value: Some(dup),
         });
+    let (trace, taken) = match uplink_trace(uplink) {
+        Some((trace, taken)) => (Some(trace), taken),
+        None => (None, [None; 2]),
+    };
+    for (key, value) in trace.iter().flat_map(TraceContext::pairs) {
+        headers = headers.insert(Header {
+            key,
+            value: Some(value.as_bytes()),
+        });
+    }
+    let properties = [
+        (
+            header::CONTENT_TYPE,
+            uplink.content_type.as_deref().map(str::as_bytes),
+        ),
+        (
+            header::RESPONSE_TOPIC,
+            uplink.response_topic.as_deref().map(str::as_bytes),
+        ),
+        (header::CORRELATION_DATA, uplink.correlation_data.as_deref()),
+    ];
     let mut used = 0usize;
-    for (name, value) in &uplink.user_properties {
-        let key = format!("{}{name}", header::USER_PROPERTY_PREFIX);
+    let mut fits = |key: &str, value: &[u8]| {
         used = used.saturating_add(key.len() + value.len());
-        if used > user_property_budget {
+        used <= property_budget
+    };
+    for (key, value) in properties {
+        let Some(value) = value else { continue };
+        if !fits(key, value) {
+            return headers;
+        }
+        headers = headers.insert(Header {
+            key,
+            value: Some(value),
+        });
+    }
+    for (i, (name, value)) in uplink.user_properties.iter().enumerate() {
+        if taken.contains(&Some(i)) {
+            continue;
+        }
+        let key = format!("{}{name}", header::USER_PROPERTY_PREFIX);
+        if !fits(&key, value.as_bytes()) {
             break;
         }
         headers = headers.insert(Header {
@@ -740,6 +821,139 @@ mod tests {
         // Herald's own six headers whatever the budget.
         assert_eq!(uplink_headers(&uplink, 10).count(), 6);
         assert_eq!(uplink_headers(&uplink, 0).count(), 6);
+    }
+
+    /// Every header after Herald's own six, as (name, value bytes).
+    fn passed_through(headers: &OwnedHeaders) -> Vec<(String, Vec<u8>)> {
+        use rdkafka::message::Headers as _;
+        headers
+            .iter()
+            .skip(6)
+            .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+            .collect()
+    }
+
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn mqtt5_uplink(user_properties: &[(&str, &str)]) -> Uplink {
+        Uplink {
+            client_id: "scanbox-1".into(),
+            topic: "devices/scanbox-1/up/scan".into(),
+            payload: bytes::Bytes::from_static(b"scan"),
+            qos: 1,
+            retain: false,
+            dup: false,
+            received_at: std::time::SystemTime::now(),
+            user_properties: user_properties
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            content_type: Some("application/x-protobuf".into()),
+            response_topic: Some("devices/scanbox-1/down/reply".into()),
+            // Correlation Data is binary: not even UTF-8.
+            correlation_data: Some(bytes::Bytes::from_static(&[0x00, 0xff, 0x10, 0x80])),
+        }
+    }
+
+    fn pair(name: &str, value: &[u8]) -> (String, Vec<u8>) {
+        (name.to_owned(), value.to_vec())
+    }
+
+    /// [MQTT-3.3.2-15]/[MQTT-3.3.2-16] (Response Topic, Correlation Data),
+    /// [MQTT-3.3.2-20] (Content Type) and [MQTT-3.3.2-17]/[MQTT-3.3.2-18]
+    /// (user properties, in order) say what a server forwards unaltered:
+    /// here into Kafka headers, byte for byte; a valid `traceparent` (W3C
+    /// Trace Context §3.2) under its own name, once.
+    #[test]
+    fn mqtt5_properties_become_headers_byte_exact() {
+        let uplink = mqtt5_uplink(&[
+            ("shop", "7"),
+            ("traceparent", TRACEPARENT),
+            ("k", "first"),
+            ("tracestate", "rojo=00f067aa0ba902b7"),
+            ("k", "second"),
+        ]);
+        assert_eq!(
+            passed_through(&uplink_headers(&uplink, usize::MAX)),
+            [
+                pair("traceparent", TRACEPARENT.as_bytes()),
+                pair("tracestate", b"rojo=00f067aa0ba902b7"),
+                pair("mqtt-content-type", b"application/x-protobuf"),
+                pair("mqtt-response-topic", b"devices/scanbox-1/down/reply"),
+                pair("mqtt-correlation-data", &[0x00, 0xff, 0x10, 0x80]),
+                pair("mqtt-user-shop", b"7"),
+                pair("mqtt-user-k", b"first"),
+                pair("mqtt-user-k", b"second"),
+            ]
+        );
+        let plain = Uplink {
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            ..mqtt5_uplink(&[])
+        };
+        assert!(passed_through(&uplink_headers(&plain, usize::MAX)).is_empty());
+    }
+
+    #[test]
+    fn an_invalid_trace_context_stays_a_plain_user_property() {
+        let uplink = Uplink {
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            ..mqtt5_uplink(&[("traceparent", "00-abc-01"), ("tracestate", "rojo=1")])
+        };
+        assert_eq!(
+            passed_through(&uplink_headers(&uplink, usize::MAX)),
+            [
+                pair("mqtt-user-traceparent", b"00-abc-01"),
+                pair("mqtt-user-tracestate", b"rojo=1"),
+            ]
+        );
+        // A valid traceparent with an invalid tracestate: only the former moves.
+        let uplink = Uplink {
+            user_properties: vec![
+                ("tracestate".into(), "no list".into()),
+                ("traceparent".into(), TRACEPARENT.into()),
+            ],
+            ..uplink
+        };
+        assert_eq!(
+            passed_through(&uplink_headers(&uplink, usize::MAX)),
+            [
+                pair("traceparent", TRACEPARENT.as_bytes()),
+                pair("mqtt-user-tracestate", b"no list"),
+            ]
+        );
+    }
+
+    /// The budget (a dead letter's) covers the passed-through properties,
+    /// in order, not Herald's headers nor the (bounded) trace context.
+    #[test]
+    fn the_budget_limits_properties_not_the_trace_context() {
+        let uplink = mqtt5_uplink(&[("traceparent", TRACEPARENT), ("shop", "7")]);
+        let names = |budget| {
+            passed_through(&uplink_headers(&uplink, budget))
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(0), ["traceparent"]);
+        let content_type = "mqtt-content-type".len() + "application/x-protobuf".len();
+        assert_eq!(names(content_type), ["traceparent", "mqtt-content-type"]);
+        let all = content_type
+            + "mqtt-response-topic".len()
+            + "devices/scanbox-1/down/reply".len()
+            + "mqtt-correlation-data".len()
+            + 4
+            + "mqtt-user-shop".len()
+            + 1;
+        assert_eq!(names(all).len(), 5);
+        assert_eq!(
+            names(all - 1).len(),
+            4,
+            "the last user property no longer fits"
+        );
     }
 
     fn header_value<'a>(headers: &'a OwnedHeaders, name: &str) -> Option<&'a str> {

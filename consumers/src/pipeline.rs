@@ -11,6 +11,11 @@
 //! duplicate is dropped unprocessed (its offset still committed in order) and
 //! counted in `herald_consumer_duplicates_dropped_total`.
 //!
+//! Every output of a record, its dead letter included, carries the record's
+//! W3C trace context (`traceparent`, `tracestate` headers) when it has a
+//! valid one ([`Input::trace_context`]): a payment's trace runs on through
+//! the service, whichever service it is, without the processors knowing.
+//!
 //! The service's consumer and producer report librdkafka's statistics every
 //! `kafka.statistics_interval` as the `herald_kafka_*` metrics
 //! (`herald_kafka::stats`), labelled `client="<service>-consumer"` and
@@ -20,11 +25,12 @@ use crate::config::{DedupConfig, KafkaSettings};
 use crate::dedup::SeenWindow;
 use futures::stream::{FuturesOrdered, StreamExt};
 use herald_kafka::stats::{with_statistics, KafkaStatsMetrics, StatsContext};
+use herald_schemas::trace::{InvalidTraceparent, TraceContext};
 use herald_schemas::v1::DeadLetter;
 use herald_schemas::Message as _;
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use std::future::Future;
 use std::pin::Pin;
@@ -87,6 +93,14 @@ impl<'a> Input<'a> {
             .find(|h| h.key == name)
             .and_then(|h| h.value)
             .and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// The record's W3C trace context (its last `traceparent` and
+    /// `tracestate` headers): `None` without a `traceparent`, an error for
+    /// one that is not valid (W3C Trace Context §3.2), which is not passed on.
+    pub fn trace_context(&self) -> Option<Result<TraceContext, InvalidTraceparent>> {
+        let headers = self.message.headers()?;
+        TraceContext::from_headers(headers.iter().map(|h| (h.key, h.value)))
     }
 
     pub fn key_str(&self) -> String {
@@ -276,6 +290,15 @@ pub async fn run(
         } else {
             Some(processor.process(&input))
         };
+        let trace = match verdict.as_ref().and_then(|_| input.trace_context()) {
+            Some(Ok(trace)) => Some(trace),
+            Some(Err(error)) => {
+                tracing::debug!(service, topic = input.topic, partition = input.partition, offset = input.offset, %error,
+                    "traceparent header is not W3C trace context; not passed on");
+                None
+            }
+            None => None,
+        };
         let outputs = match verdict {
             None => Vec::new(),
             Some(Verdict::Emit(outputs)) => {
@@ -312,7 +335,7 @@ pub async fn run(
         let (producer, shutdown) = (producer.clone(), shutdown.clone());
         inflight.inc();
         pending.push_back(Box::pin(async move {
-            produce_all(&producer, &outputs, &shutdown).await;
+            produce_all(&producer, &outputs, trace.as_ref(), &shutdown).await;
             position
         }));
     }
@@ -330,11 +353,34 @@ pub async fn run(
     Ok(())
 }
 
+/// The record to produce for `output`, with the input's `trace` context.
+fn output_record<'a>(
+    output: &'a Output,
+    trace: Option<&TraceContext>,
+) -> FutureRecord<'a, String, Vec<u8>> {
+    let record = FutureRecord::to(&output.topic)
+        .key(&output.key)
+        .payload(&output.payload);
+    match trace {
+        None => record,
+        Some(trace) => record.headers(trace.pairs().fold(
+            OwnedHeaders::new_with_capacity(2),
+            |headers, (key, value)| {
+                headers.insert(Header {
+                    key,
+                    value: Some(value),
+                })
+            },
+        )),
+    }
+}
+
 /// Produces every output, retrying failures, until all are acknowledged or
 /// shutdown (then the record stays uncommitted and is processed again).
 async fn produce_all(
     producer: &FutureProducer<StatsContext>,
     outputs: &[Output],
+    trace: Option<&TraceContext>,
     shutdown: &CancellationToken,
 ) {
     let mut remaining: Vec<&Output> = outputs.iter().collect();
@@ -343,10 +389,9 @@ async fn produce_all(
         let deliveries: Vec<_> = remaining
             .iter()
             .map(|output| {
-                let record = FutureRecord::to(&output.topic)
-                    .key(&output.key)
-                    .payload(&output.payload);
-                producer.send_result(record).map_err(|(error, _)| error)
+                producer
+                    .send_result(output_record(output, trace))
+                    .map_err(|(error, _)| error)
             })
             .collect();
         let mut failed = Vec::new();
@@ -378,6 +423,87 @@ async fn produce_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rdkafka::message::Timestamp;
+
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn record_with(headers: OwnedHeaders) -> OwnedMessage {
+        OwnedMessage::new(
+            Some(b"payload".to_vec()),
+            Some(b"spk-1".to_vec()),
+            "herald.payments".into(),
+            Timestamp::NotAvailable,
+            0,
+            1,
+            Some(headers),
+        )
+    }
+
+    fn header_values(record: &FutureRecord<'_, String, Vec<u8>>) -> Vec<(String, String)> {
+        record
+            .headers
+            .iter()
+            .flat_map(|headers| headers.iter())
+            .map(|h| {
+                let value = String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned();
+                (h.key.to_owned(), value)
+            })
+            .collect()
+    }
+
+    /// W3C Trace Context §3.2: a valid `traceparent` on the input is on
+    /// every output, unchanged, with its `tracestate`.
+    #[test]
+    fn outputs_carry_the_inputs_trace_context() {
+        let message = record_with(
+            OwnedHeaders::new()
+                .insert(Header {
+                    key: "herald-device-id",
+                    value: Some("spk-1"),
+                })
+                .insert(Header {
+                    key: "traceparent",
+                    value: Some(TRACEPARENT),
+                })
+                .insert(Header {
+                    key: "tracestate",
+                    value: Some("herald=1"),
+                }),
+        );
+        let trace = Input::new(&message).trace_context().unwrap().unwrap();
+        let output = Output {
+            topic: "herald.downlink".into(),
+            key: "spk-1".into(),
+            payload: b"command".to_vec(),
+        };
+        let record = output_record(&output, Some(&trace));
+        assert_eq!(
+            header_values(&record),
+            [
+                ("traceparent".to_string(), TRACEPARENT.to_string()),
+                ("tracestate".to_string(), "herald=1".to_string())
+            ]
+        );
+        assert_eq!(
+            (record.key, record.payload),
+            (Some(&output.key), Some(&output.payload))
+        );
+        assert!(output_record(&output, None).headers.is_none());
+    }
+
+    #[test]
+    fn an_invalid_traceparent_is_not_passed_on() {
+        let message = record_with(OwnedHeaders::new().insert(Header {
+            key: "traceparent",
+            value: Some("00-not-a-trace-01"),
+        }));
+        assert!(matches!(
+            Input::new(&message).trace_context(),
+            Some(Err(InvalidTraceparent::Format))
+        ));
+        let message = record_with(OwnedHeaders::new());
+        assert!(Input::new(&message).trace_context().is_none());
+    }
 
     #[test]
     fn options_that_break_at_least_once_are_refused() {

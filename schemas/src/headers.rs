@@ -1,7 +1,7 @@
 //! Names of the Kafka headers Herald writes on uplink records and dead
-//! letters: a contract between Herald's bridge, which writes them, and every
-//! reader (the consumer services, backends, the load tool). docs/schemas.md
-//! describes each.
+//! letters, and the trace-context headers every record may carry: a contract
+//! between Herald's bridge, which writes them, and every reader (the consumer
+//! services, backends, the load tool). docs/schemas.md describes each.
 
 /// The device (MQTT client) id; also the record key.
 pub const DEVICE_ID: &str = "herald-device-id";
@@ -20,6 +20,20 @@ pub const MESSAGE_ID: &str = "herald-message-id";
 pub const DUP: &str = "herald-dup";
 /// Prefix of headers carrying MQTT 5 user properties.
 pub const USER_PROPERTY_PREFIX: &str = "mqtt-user-";
+/// The uplink's MQTT 5 Content Type property, as sent.
+pub const CONTENT_TYPE: &str = "mqtt-content-type";
+/// The uplink's MQTT 5 Response Topic property (request/response), as sent.
+pub const RESPONSE_TOPIC: &str = "mqtt-response-topic";
+/// The uplink's MQTT 5 Correlation Data property (request/response): its
+/// raw bytes, which need not be text.
+pub const CORRELATION_DATA: &str = "mqtt-correlation-data";
+/// W3C Trace Context: the trace and parent span of a record, under the
+/// name W3C's Kafka convention and OpenTelemetry's Kafka instrumentation
+/// use. On uplinks it comes from the device's `traceparent` user property,
+/// on commands it becomes one; see [`crate::trace`].
+pub const TRACEPARENT: &str = "traceparent";
+/// W3C Trace Context: vendor-specific trace state accompanying [`TRACEPARENT`].
+pub const TRACESTATE: &str = "tracestate";
 /// Dead letters: Kafka's error for the uplink, e.g. `Message production
 /// error: MessageSizeTooLarge (Broker: Message size too large)`.
 pub const DEAD_LETTER_REASON: &str = "herald-dead-letter-reason";

@@ -11,6 +11,7 @@ pub mod v1 {
 
 pub mod chunking;
 pub mod headers;
+pub mod trace;
 
 pub use prost::Message;
 
