@@ -39,7 +39,7 @@ mod wills;
 
 pub use config::{
     AdmissionConfig, AuthConfig, AuthMode, BrokerConfig, ConfigError, LimitsConfig,
-    QueueFullPolicy, SharedSubscriptionStrategy, TlsConfig,
+    QueueFullPolicy, SharedSubscriptionStrategy, TlsConfig, WebSocketConfig,
 };
 pub use downlink::{DeliveryOutcome, DeliveryTicket, Downlink, DownlinkRefusal};
 pub use events::{DisconnectReason, NoSessionEvents, SessionEvents};
