@@ -1,6 +1,6 @@
 //! MQTT 5 properties and W3C trace context through the real `herald`
 //! binary, a real Kafka and the scan processor, driven by paho-mqtt's MQTT 5
-//! mode (`paho_mqtt5.py`) with device credentials:
+//! mode (`paho_properties.py`) with device credentials:
 //!
 //! - an uplink's Content Type, Response Topic, Correlation Data and user
 //!   properties reach the Kafka record as headers, byte for byte, its
@@ -73,7 +73,7 @@ struct Received {
     user_properties: Option<Vec<(String, String)>>,
 }
 
-/// A device played by `paho_mqtt5.py`.
+/// A device played by `paho_properties.py`.
 struct Paho {
     child: Child,
     lines: Lines<BufReader<ChildStdout>>,
@@ -82,7 +82,7 @@ struct Paho {
 impl Paho {
     fn start(herald: &Herald, device: &str, args: &[&str]) -> Paho {
         let mut child = Command::new("python3")
-            .arg(common::repo_root().join("herald/tests/paho_mqtt5.py"))
+            .arg(common::repo_root().join("herald/tests/paho_properties.py"))
             .args(["--port", &herald.mqtt.port().to_string()])
             .args(["--device", device, "--password", &herald.password(device)])
             .args(args)
@@ -90,7 +90,7 @@ impl Paho {
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .expect("python3 runs paho_mqtt5.py (scripts/install-deps.sh installs paho-mqtt)");
+            .expect("python3 runs paho_properties.py (scripts/install-deps.sh installs paho-mqtt)");
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
         Paho { child, lines }
     }
