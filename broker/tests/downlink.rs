@@ -32,8 +32,10 @@ impl SessionEvents for Recorded {
 }
 
 async fn start(events: Arc<Recorded>) -> (Broker, CancellationToken) {
-    let mut config = BrokerConfig::default();
-    config.listen = "127.0.0.1:0".parse().unwrap();
+    let mut config = BrokerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    };
     config.auth.mode = AuthMode::Open;
     let shutdown = CancellationToken::new();
     let hooks = BrokerHooks {

@@ -132,8 +132,10 @@ async fn publish_limits_get_reason_codes() {
         other => panic!("{other:?}"),
     }
 
-    let mut props = PublishProperties::default();
-    props.user_properties = (0..40).map(|i| (format!("k{i}"), "v".into())).collect();
+    let props = PublishProperties {
+        user_properties: (0..40).map(|i| (format!("k{i}"), "v".into())).collect(),
+        ..Default::default()
+    };
     let mut p = Publish::new(
         "t/props",
         QoS::AtLeastOnce,

@@ -14,7 +14,11 @@ use std::process::{Command, Output};
 async fn paho(case: &str, port: u16, extra: &[String]) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/paho_mqtt5.py");
     let mut command = Command::new("python3");
-    command.arg(script).arg(case).arg(port.to_string()).args(extra);
+    command
+        .arg(script)
+        .arg(case)
+        .arg(port.to_string())
+        .args(extra);
     let output = tokio::task::spawn_blocking(move || command.output())
         .await
         .unwrap()

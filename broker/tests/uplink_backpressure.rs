@@ -87,8 +87,10 @@ async fn packets_within(stream: &mut TcpStream, buf: &mut BytesMut, wait: Durati
 #[tokio::test]
 async fn pubacks_wait_for_the_sink_within_global_and_per_connection_bounds() {
     let sink = Arc::new(HeldSink::default());
-    let mut config = BrokerConfig::default();
-    config.listen = "127.0.0.1:0".parse().unwrap();
+    let mut config = BrokerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    };
     config.auth.mode = AuthMode::Open;
     config.max_inflight_uplinks = 2;
     config.max_inflight_uplinks_total = 3;
@@ -141,8 +143,10 @@ async fn pubacks_wait_for_the_sink_within_global_and_per_connection_bounds() {
 #[tokio::test]
 async fn a_failed_delivery_is_never_acknowledged_as_success() {
     let sink = Arc::new(HeldSink::default());
-    let mut config = BrokerConfig::default();
-    config.listen = "127.0.0.1:0".parse().unwrap();
+    let mut config = BrokerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    };
     config.auth.mode = AuthMode::Open;
     let shutdown = CancellationToken::new();
     let broker = Broker::start(

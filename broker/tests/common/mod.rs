@@ -52,8 +52,10 @@ pub fn device_login(device_id: &str) -> Login {
 }
 
 pub async fn start_with(hooks: BrokerHooks, tweak: impl FnOnce(&mut BrokerConfig)) -> TestBroker {
-    let mut config = BrokerConfig::default();
-    config.listen = "127.0.0.1:0".parse().unwrap();
+    let mut config = BrokerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    };
     config.auth.mode = AuthMode::Open;
     tweak(&mut config);
     let shutdown = CancellationToken::new();
