@@ -88,6 +88,20 @@ pub(crate) struct Shared {
     /// `shutdown`, so it is cancelled by a plain shutdown too.
     drain: CancellationToken,
     shutdown: CancellationToken,
+    /// [`Stopping`] as a number: what connections read on their wake-up
+    /// (an atomic load, where the tokens take a lock).
+    stopping: std::sync::atomic::AtomicU8,
+}
+
+/// How far the node is in stopping; connections learn of each step
+/// through their wake-up, so that their tasks hold no cancellation future.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Stopping {
+    No = 0,
+    /// A graceful shutdown began: connections close over the drain time.
+    Draining = 1,
+    /// Connections close now.
+    Now = 2,
 }
 
 /// What the broker is plugged into: where uplinks go and who hears about
@@ -314,6 +328,21 @@ impl Shared {
         let spread =
             (generation.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
         std::time::Duration::from_secs_f64(window * spread)
+    }
+
+    pub(crate) fn stopping(&self) -> Stopping {
+        match self.stopping.load(Ordering::Acquire) {
+            0 => Stopping::No,
+            1 => Stopping::Draining,
+            _ => Stopping::Now,
+        }
+    }
+
+    /// Moves to `step` of stopping and wakes every connection to act on it.
+    fn stop(&self, step: Stopping) {
+        self.stopping.fetch_max(step as u8, Ordering::AcqRel);
+        self.registry
+            .for_each_attached(|_, attachment| attachment.wake.notify_one());
     }
 
     fn revocation_epoch(&self) -> u64 {

@@ -2,7 +2,7 @@
 //! and graceful shutdown.
 
 use crate::config::{BrokerConfig, ConfigError, TlsConfig};
-use crate::connection;
+use crate::connection::{self, Accepted};
 use crate::proxy_protocol;
 use crate::websocket::{Upgrader, WebSocketError, WsStream};
 use crate::{
@@ -108,6 +108,7 @@ impl Broker {
             connected: AtomicUsize::new(0),
             revocations: AtomicU64::new(0),
             drain: shutdown.child_token(),
+            stopping: std::sync::atomic::AtomicU8::new(0),
             shutdown,
         });
         if let Some(path) = &shared.config.auth.revocation_file {
@@ -155,11 +156,16 @@ impl Broker {
             ));
         }
         tracker.spawn(sweep_sessions(shared.clone()));
-        tracker.spawn({
+        // Not tracked: it waits for the shutdown token, which `wait` cancels
+        // only once the tracked tasks are done.
+        tokio::spawn({
             let shared = shared.clone();
             async move {
                 shared.drain.cancelled().await;
                 shared.metrics.draining.set(1);
+                shared.stop(crate::Stopping::Draining);
+                shared.shutdown.cancelled().await;
+                shared.stop(crate::Stopping::Now);
             }
         });
         if let Some(path) = shared.config.auth.revocation_file.clone() {
@@ -438,61 +444,66 @@ async fn accept_loop(
         }
         let guard = HandshakeGuard::new(&handshaking);
         match &transport {
+            // Each setup runs boxed inside `serve`, so that its state does not
+            // size the task of the connection for the connection's whole life.
             Transport::Mqtt => {
-                tracker.spawn(async move {
-                    if let Some(peer) = terminal_address(&shared_conn, &mut stream, peer).await {
-                        connection::serve(shared_conn, stream, peer, guard).await;
-                    }
-                });
+                tracker.spawn(connection::serve(Box::pin(async move {
+                    let peer = terminal_address(&shared_conn, &mut stream, peer).await?;
+                    Some(Accepted {
+                        shared: shared_conn,
+                        stream,
+                        peer,
+                        handshake: guard,
+                    })
+                })));
             }
             Transport::Tls(acceptor) => {
                 let acceptor = acceptor.clone();
-                tracker.spawn(async move {
-                    let Some(peer) = terminal_address(&shared_conn, &mut stream, peer).await else {
-                        return;
-                    };
+                tracker.spawn(connection::serve(Box::pin(async move {
+                    let peer = terminal_address(&shared_conn, &mut stream, peer).await?;
                     let timeout = shared_conn.config.connect_timeout;
-                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    let error = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
-                            connection::serve(shared_conn, tls_stream, peer, guard).await
+                            return Some(Accepted {
+                                shared: shared_conn,
+                                stream: tls_stream,
+                                peer,
+                                handshake: guard,
+                            })
                         }
-                        Ok(Err(error)) => {
-                            shared_conn
-                                .metrics
-                                .protocol_errors
-                                .with_label_values(&["tls_handshake"])
-                                .inc();
-                            tracing::debug!(%error, "TLS handshake failed");
-                        }
-                        Err(_) => {
-                            shared_conn
-                                .metrics
-                                .protocol_errors
-                                .with_label_values(&["tls_handshake"])
-                                .inc();
-                        }
+                        Ok(Err(error)) => Some(error),
+                        Err(_) => None,
+                    };
+                    shared_conn
+                        .metrics
+                        .protocol_errors
+                        .with_label_values(&["tls_handshake"])
+                        .inc();
+                    if let Some(error) = error {
+                        tracing::debug!(%error, "TLS handshake failed");
                     }
-                });
+                    None
+                })));
             }
             Transport::WebSocket(upgrader) => {
                 let upgrader = upgrader.clone();
-                tracker.spawn(async move {
-                    let Some(peer) = terminal_address(&shared_conn, &mut stream, peer).await else {
-                        return;
-                    };
+                tracker.spawn(connection::serve(Box::pin(async move {
+                    let peer = terminal_address(&shared_conn, &mut stream, peer).await?;
                     let timeout = shared_conn.config.connect_timeout;
                     let upgraded = tokio::time::timeout(timeout, upgrader.accept(stream)).await;
-                    if let Some(ws) = upgraded_or_counted(&shared_conn, upgraded, peer) {
-                        connection::serve(shared_conn, ws, peer, guard).await;
-                    }
-                });
+                    let ws = upgraded_or_counted(&shared_conn, upgraded, peer)?;
+                    Some(Accepted {
+                        shared: shared_conn,
+                        stream: ws,
+                        peer,
+                        handshake: guard,
+                    })
+                })));
             }
             Transport::WebSocketTls(acceptor, upgrader) => {
                 let (acceptor, upgrader) = (acceptor.clone(), upgrader.clone());
-                tracker.spawn(async move {
-                    let Some(peer) = terminal_address(&shared_conn, &mut stream, peer).await else {
-                        return;
-                    };
+                tracker.spawn(connection::serve(Box::pin(async move {
+                    let peer = terminal_address(&shared_conn, &mut stream, peer).await?;
                     // One connect timeout for the TLS handshake and the upgrade.
                     let timeout = shared_conn.config.connect_timeout;
                     let upgraded = tokio::time::timeout(timeout, async {
@@ -511,13 +522,15 @@ async fn accept_loop(
                     })
                     .await;
                     // None: the TLS handshake failed, counted as such.
-                    let Some(upgraded) = upgraded.transpose() else {
-                        return;
-                    };
-                    if let Some(ws) = upgraded_or_counted(&shared_conn, upgraded, peer) {
-                        connection::serve(shared_conn, ws, peer, guard).await;
-                    }
-                });
+                    let upgraded = upgraded.transpose()?;
+                    let ws = upgraded_or_counted(&shared_conn, upgraded, peer)?;
+                    Some(Accepted {
+                        shared: shared_conn,
+                        stream: ws,
+                        peer,
+                        handshake: guard,
+                    })
+                })));
             }
         }
     }

@@ -387,7 +387,7 @@ impl Connection {
             last_activity: Instant::now(),
             pending: FuturesOrdered::new(),
             reserved: None,
-            waiting_for_permit: false,
+            permit_wait: None,
             // [MQTT-3.3.4-9]: no more unacknowledged QoS 1/2 PUBLISHes
             // than the client's Receive Maximum.
             outbound_limit: props

@@ -19,6 +19,7 @@ use std::task::{Context, Poll};
 use std::time::SystemTime;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::PollSemaphore;
 use tracing::{debug, warn};
 
 /// How an inbound PUBLISH ends up, decided when its acknowledgement is due.
@@ -88,7 +89,7 @@ impl Connection {
     ) -> Result<(), CloseReason> {
         let max_packet = self.shared.config.max_packet_size as usize;
         while self.pending.len() < usize::from(self.shared.config.max_inflight_uplinks)
-            && !self.waiting_for_permit
+            && self.permit_wait.is_none()
         {
             // A PUBLISH may go to the sink: hold a global in-flight permit
             // before decoding it, or stop reading until one is free.
@@ -97,7 +98,9 @@ impl Connection {
                 match self.shared.uplink_permits.clone().try_acquire_owned() {
                     Ok(permit) => self.reserved = Some(permit),
                     Err(_) => {
-                        self.waiting_for_permit = true;
+                        self.permit_wait = Some(Box::new(PollSemaphore::new(
+                            self.shared.uplink_permits.clone(),
+                        )));
                         break;
                     }
                 }
@@ -123,7 +126,7 @@ impl Connection {
             }
         }
         // An idle connection holds no permit.
-        if !self.waiting_for_permit {
+        if self.permit_wait.is_none() {
             self.reserved = None;
         }
         io.release_read_buffer();

@@ -26,23 +26,22 @@ use crate::codec::{self, *};
 use crate::io::{Io, IoEvent};
 use crate::server::HandshakeGuard;
 use crate::session::Session;
-use crate::Shared;
+use crate::{Shared, Stopping};
 use admission::{read_connect, refuse_bad_connect, Will};
 use bytes::BytesMut;
 use futures::stream::{FuturesOrdered, StreamExt};
 use inbound::{PendingAck, Settled};
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio_util::sync::PollSemaphore;
 use tracing::{debug, info, warn};
 
 enum Event {
-    Shutdown,
-    /// The node drains: this connection picks its moment to close.
-    Drain,
     /// The keepalive, slow-subscriber or drain deadline is due.
     Timer,
     Wake,
@@ -51,18 +50,68 @@ enum Event {
     Permit(OwnedSemaphorePermit),
 }
 
-/// Serves one accepted connection until it closes.
+/// A connection the listener accepted, once its transport is set up (PROXY
+/// header read, TLS handshake done, WebSocket upgraded).
+pub(crate) struct Accepted<S> {
+    pub shared: Arc<Shared>,
+    pub stream: S,
+    /// The terminal's address (from the PROXY header where there is one),
+    /// kept for the connection's log lines.
+    pub peer: SocketAddr,
+    pub handshake: HandshakeGuard,
+}
+
+/// How a listener sets a connection's transport up; `None` when that failed
+/// (counted and logged by the listener).
+pub(crate) type Setup<S> = Pin<Box<dyn Future<Output = Option<Accepted<S>>> + Send>>;
+
+/// Serves one connection from its transport's setup until it closes.
 ///
-/// `peer` is the terminal's address (from the PROXY header where there is
-/// one), kept for the connection's log lines.
-pub(crate) async fn serve<S>(
-    shared: Arc<Shared>,
-    stream: S,
-    peer: SocketAddr,
-    mut handshake: HandshakeGuard,
-) where
+/// The task of every connection lives as long as the connection, and its
+/// size is that of its largest state. Setup and admission (the PROXY header,
+/// TLS, the CONNECT packet, a refusal) are large but short-lived, so they
+/// run boxed and are freed once the client is in: the task of an idle
+/// connection holds its I/O, its [`Connection`] and the event loop's state,
+/// not the handshake's (issue #12: memory per session).
+pub(crate) fn serve<S>(setup: Setup<S>) -> impl Future<Output = ()> + Send
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    async move {
+        let admitted = Box::pin(async move {
+            let accepted = setup.await?;
+            admit(accepted).await
+        })
+        .await;
+        // Its own allocation, so that the task holds a pointer to it rather
+        // than copies left behind by moves.
+        let Some(mut live) = admitted else {
+            return;
+        };
+        let Live { io, conn } = &mut *live;
+        let reason = conn.run(io).await;
+        conn.close(io, reason).await;
+    }
+}
+
+/// An admitted connection: its socket and its state.
+struct Live<S> {
+    io: Io<S>,
+    conn: Connection,
+}
+
+/// CONNECT to CONNACK: `None` if the client was refused (and told why) or
+/// went away.
+async fn admit<S>(accepted: Accepted<S>) -> Option<Box<Live<S>>>
+where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let Accepted {
+        shared,
+        stream,
+        peer,
+        mut handshake,
+    } = accepted;
     let mut io = Io::new(stream);
     // Until the client is authenticated it gets the small first-packet limit.
     let max_packet = shared.config.max_connect_packet();
@@ -73,10 +122,10 @@ pub(crate) async fn serve<S>(
     .await;
     let (version, packet) = match connect {
         Ok(Ok(Some(found))) => found,
-        Ok(Ok(None)) => return,
+        Ok(Ok(None)) => return None,
         Ok(Err(error)) => {
             refuse_bad_connect(&shared, &mut io, error).await;
-            return;
+            return None;
         }
         Err(_) => {
             shared
@@ -85,7 +134,7 @@ pub(crate) async fn serve<S>(
                 .with_label_values(&["connect_timeout"])
                 .inc();
             debug!(%peer, "no CONNECT within the connect timeout");
-            return;
+            return None;
         }
     };
     let Packet::Connect(connect, will, login) = packet else {
@@ -94,10 +143,10 @@ pub(crate) async fn serve<S>(
             .protocol_errors
             .with_label_values(&["not_connect"])
             .inc();
-        return;
+        return None;
     };
     let generation = shared.registry.next_generation();
-    let Some(mut conn) = Connection::accept(
+    let Some(conn) = Connection::accept(
         &shared,
         &mut io,
         peer,
@@ -108,33 +157,44 @@ pub(crate) async fn serve<S>(
     .await
     else {
         let _ = io.flush().await;
-        return;
+        return None;
     };
     handshake.release();
-    let reason = conn.run(&mut io).await;
-    if let Some(code) = reason
-        .disconnect_code()
-        .filter(|_| version == ProtocolVersion::V5)
+    Some(Box::new(Live { io, conn }))
+}
+
+impl Connection {
+    /// Says goodbye (MQTT 5 DISCONNECT with the reason, where it has one),
+    /// closes the socket and tears the connection down.
+    async fn close<S>(&mut self, io: &mut Io<S>, reason: CloseReason)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
     {
-        let mut disconnect = Disconnect::new(code);
-        if reason == CloseReason::ServerShutdown {
-            disconnect.properties =
-                shared
-                    .config
-                    .server_reference
-                    .clone()
-                    .map(|reference| DisconnectProperties {
-                        session_expiry_interval: None,
-                        reason_string: None,
-                        user_properties: Vec::new(),
-                        server_reference: Some(reference),
-                    });
+        let shared = &self.shared;
+        if let Some(code) = reason
+            .disconnect_code()
+            .filter(|_| self.version == ProtocolVersion::V5)
+        {
+            let mut disconnect = Disconnect::new(code);
+            if reason == CloseReason::ServerShutdown {
+                disconnect.properties =
+                    shared
+                        .config
+                        .server_reference
+                        .clone()
+                        .map(|reference| DisconnectProperties {
+                            session_expiry_interval: None,
+                            reason_string: None,
+                            user_properties: Vec::new(),
+                            server_reference: Some(reference),
+                        });
+            }
+            self.send(&mut io.wbuf, &Packet::Disconnect(disconnect));
         }
-        conn.send(&mut io.wbuf, &Packet::Disconnect(disconnect));
+        let _ = tokio::time::timeout(Duration::from_secs(1), io.flush()).await;
+        io.shutdown().await;
+        self.finish(reason);
     }
-    let _ = tokio::time::timeout(Duration::from_secs(1), io.flush()).await;
-    io.shutdown().await;
-    conn.finish(reason);
 }
 
 struct Connection {
@@ -150,7 +210,9 @@ struct Connection {
     last_activity: Instant,
     pending: FuturesOrdered<PendingAck>,
     reserved: Option<OwnedSemaphorePermit>,
-    waiting_for_permit: bool,
+    /// Set while reading waits for a global in-flight permit: boxed, and
+    /// only then, so idle connections hold no semaphore future.
+    permit_wait: Option<Box<PollSemaphore>>,
     /// The client's Receive Maximum, within `max_inflight_downlinks`.
     outbound_limit: u16,
     /// The client's Maximum Packet Size.
@@ -199,7 +261,7 @@ impl Connection {
     async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut Io<S>) -> CloseReason {
         // Clients may send packets right behind CONNECT without waiting for
         // the CONNACK; they are already buffered.
-        if let Err(reason) = self.process_input(io) {
+        if let Err(reason) = self.on_stopping().and_then(|()| self.process_input(io)) {
             return reason;
         }
         loop {
@@ -209,38 +271,25 @@ impl Connection {
             }
             let can_read = self.pending.len()
                 < usize::from(self.shared.config.max_inflight_uplinks)
-                && !self.waiting_for_permit
+                && self.permit_wait.is_none()
                 && !closing;
             // One timer and one cancellation future per loop: every select
             // branch lives in the task of every idle connection, so each one
             // adds to the memory per session.
+            // A drain or shutdown arrives as a wake-up too.
             let next_timer = self.next_deadline();
-            let serving = self.drain == DrainStage::Serving;
-            // `drain` is a child of `shutdown`: it also fires on a plain shutdown.
-            let cancelled = if serving {
-                &self.shared.drain
-            } else {
-                &self.shared.shutdown
-            };
             let event = tokio::select! {
                 biased;
-                _ = cancelled.cancelled() => if serving { Event::Drain } else { Event::Shutdown },
                 _ = self.wake.notified() => Event::Wake,
                 result = poll_fn(|cx| io.poll_io(cx, can_read)) => Event::Io(result),
                 Some(done) = self.pending.next(), if !self.pending.is_empty() => Event::UplinkDone(done),
-                Ok(permit) = self.shared.uplink_permits.clone().acquire_owned(), if self.waiting_for_permit => Event::Permit(permit),
+                Some(permit) = poll_fn(|cx| match self.permit_wait.as_deref_mut() {
+                    Some(wait) => wait.poll_acquire(cx),
+                    None => std::task::Poll::Pending,
+                }), if self.permit_wait.is_some() => Event::Permit(permit),
                 _ = sleep_until_opt(next_timer), if next_timer.is_some() => Event::Timer,
             };
             let outcome = match event {
-                Event::Shutdown => Err(CloseReason::ServerShutdown),
-                Event::Drain if self.shared.shutdown.is_cancelled() => {
-                    Err(CloseReason::ServerShutdown)
-                }
-                Event::Drain => {
-                    let delay = self.shared.drain_delay(self.generation);
-                    self.drain = DrainStage::ClosesAt(Instant::now() + delay);
-                    Ok(())
-                }
                 Event::Timer => self.on_timer(can_read),
                 Event::Wake => self.on_wake(&mut io.wbuf),
                 Event::Io(Ok(IoEvent::Read)) => {
@@ -261,7 +310,7 @@ impl Connection {
                     .and_then(|()| self.process_input(io)),
                 Event::Permit(permit) => {
                     self.reserved = Some(permit);
-                    self.waiting_for_permit = false;
+                    self.permit_wait = None;
                     self.process_input(io)
                 }
             };
@@ -315,7 +364,23 @@ impl Connection {
         Ok(())
     }
 
+    /// Acts on the node stopping: at once, or at this connection's moment
+    /// of a drain, so the fleet reconnects elsewhere as a stream.
+    fn on_stopping(&mut self) -> Result<(), CloseReason> {
+        match self.shared.stopping() {
+            Stopping::No => Ok(()),
+            Stopping::Draining if self.drain == DrainStage::Serving => {
+                let delay = self.shared.drain_delay(self.generation);
+                self.drain = DrainStage::ClosesAt(Instant::now() + delay);
+                Ok(())
+            }
+            Stopping::Draining => Ok(()),
+            Stopping::Now => Err(CloseReason::ServerShutdown),
+        }
+    }
+
     fn on_wake(&mut self, out: &mut BytesMut) -> Result<(), CloseReason> {
+        self.on_stopping()?;
         {
             let state = self.session.lock();
             let ours = state

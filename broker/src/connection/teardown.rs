@@ -7,7 +7,7 @@ use tracing::debug;
 
 impl Connection {
     /// Cleanup after the socket closed: session bookkeeping, will, metrics.
-    pub(super) fn finish(self, reason: CloseReason) {
+    pub(super) fn finish(&mut self, reason: CloseReason) {
         let shared = &self.shared;
         shared
             .connected
@@ -44,7 +44,7 @@ impl Connection {
             shared.router.remove_session(&ended);
             shared.metrics.sessions.dec();
         }
-        let Some(will) = self.will.filter(|_| reason.publishes_will()) else {
+        let Some(will) = self.will.take().filter(|_| reason.publishes_will()) else {
             return;
         };
         let session_expiry = self.session.lock().expiry;
