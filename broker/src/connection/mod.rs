@@ -73,25 +73,23 @@ pub(crate) type Setup<S> = Pin<Box<dyn Future<Output = Option<Accepted<S>>> + Se
 /// run boxed and are freed once the client is in: the task of an idle
 /// connection holds its I/O, its [`Connection`] and the event loop's state,
 /// not the handshake's (issue #12: memory per session).
-pub(crate) fn serve<S>(setup: Setup<S>) -> impl Future<Output = ()> + Send
+pub(crate) async fn serve<S>(setup: Setup<S>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    async move {
-        let admitted = Box::pin(async move {
-            let accepted = setup.await?;
-            admit(accepted).await
-        })
-        .await;
-        // Its own allocation, so that the task holds a pointer to it rather
-        // than copies left behind by moves.
-        let Some(mut live) = admitted else {
-            return;
-        };
-        let Live { io, conn } = &mut *live;
-        let reason = conn.run(io).await;
-        conn.close(io, reason).await;
-    }
+    let admitted = Box::pin(async move {
+        let accepted = setup.await?;
+        admit(accepted).await
+    })
+    .await;
+    // Its own allocation, so that the task holds a pointer to it rather
+    // than copies left behind by moves.
+    let Some(mut live) = admitted else {
+        return;
+    };
+    let Live { io, conn } = &mut *live;
+    let reason = conn.run(io).await;
+    conn.close(io, reason).await;
 }
 
 /// An admitted connection: its socket and its state.
