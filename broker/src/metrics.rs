@@ -12,8 +12,8 @@ pub(crate) struct Metrics {
     pub connects: IntCounterVec,
     pub auth_failures: IntCounterVec,
     pub disconnects: IntCounterVec,
-    pub messages_received: IntCounterVec,
-    pub messages_sent: IntCounterVec,
+    pub messages_received: ByQos,
+    pub messages_sent: ByQos,
     pub messages_dropped: IntCounterVec,
     pub acl_denied: IntCounterVec,
     pub protocol_errors: IntCounterVec,
@@ -82,16 +82,16 @@ impl Metrics {
                 "Closed connections by reason.",
                 &["reason"],
             )?,
-            messages_received: counter_vec(
+            messages_received: ByQos::new(&counter_vec(
                 "herald_messages_received_total",
                 "PUBLISH packets received from clients, by QoS.",
                 &["qos"],
-            )?,
-            messages_sent: counter_vec(
+            )?),
+            messages_sent: ByQos::new(&counter_vec(
                 "herald_messages_sent_total",
                 "PUBLISH packets sent to clients, by QoS.",
                 &["qos"],
-            )?,
+            )?),
             messages_dropped: counter_vec(
                 "herald_messages_dropped_total",
                 "Messages dropped by reason.",
@@ -128,10 +128,18 @@ impl Metrics {
     }
 }
 
-pub(crate) fn qos_label(qos: crate::codec::QoS) -> &'static str {
-    match qos {
-        crate::codec::QoS::AtMostOnce => "0",
-        crate::codec::QoS::AtLeastOnce => "1",
-        crate::codec::QoS::ExactlyOnce => "2",
+/// A counter by QoS with its three series resolved once: counted on every
+/// message, where a label lookup (hashing, a lock) would cost more than
+/// the count.
+#[derive(Clone)]
+pub(crate) struct ByQos([IntCounter; 3]);
+
+impl ByQos {
+    fn new(vec: &IntCounterVec) -> Self {
+        Self(["0", "1", "2"].map(|qos| vec.with_label_values(&[qos])))
+    }
+
+    pub fn get(&self, qos: crate::codec::QoS) -> &IntCounter {
+        &self.0[qos as usize]
     }
 }

@@ -7,7 +7,6 @@ use super::log_gate::{clip, gated_info};
 use super::{CloseReason, Connection};
 use crate::codec::{self, *};
 use crate::io::Io;
-use crate::metrics::qos_label;
 use crate::session::Message;
 use crate::sink::{Rejection, Uplink, UplinkAck, UplinkError};
 use crate::topic::{check_name, TopicError};
@@ -194,10 +193,7 @@ impl Connection {
     ) -> Result<(), CloseReason> {
         self.resolve_alias(&mut publish)?;
         let metrics = &self.shared.metrics;
-        metrics
-            .messages_received
-            .with_label_values(&[qos_label(publish.qos)])
-            .inc();
+        metrics.messages_received.get(publish.qos).inc();
         let (pkid, qos, dup) = (publish.pkid, publish.qos, publish.dup);
         let limits = &self.shared.config.limits;
         let checked = std::str::from_utf8(&publish.topic)

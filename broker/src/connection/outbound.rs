@@ -6,7 +6,6 @@ use super::Connection;
 use crate::codec::*;
 use crate::downlink::{DeliveryOutcome, DownlinkRefusal};
 use crate::io::WRITE_HIGH_WATER;
-use crate::metrics::qos_label;
 use crate::session::{Inflight, OutboundStage, Queued};
 use bytes::BytesMut;
 use std::time::Instant;
@@ -179,10 +178,7 @@ impl Connection {
             if let (Some((alias, false)), Some(aliases)) = (alias, self.aliases.as_mut()) {
                 aliases.assigned(queued.message.topic.clone(), alias);
             }
-            metrics
-                .messages_sent
-                .with_label_values(&[qos_label(queued.qos)])
-                .inc();
+            metrics.messages_sent.get(queued.qos).inc();
             if queued.qos == QoS::AtMostOnce {
                 // No acknowledgement will come: sent is as far as it goes.
                 if let Some(tag) = &queued.downlink {
