@@ -12,6 +12,13 @@ use herald_bridge::{
 use herald_broker::{Broker, BrokerHooks};
 use std::path::PathBuf;
 use std::sync::Arc;
+
+/// jemalloc, as Vector and TiKV use: a million small per-connection
+/// allocations of a few sizes are what Herald holds, and jemalloc's size
+/// classes keep them closer together than glibc's malloc (memory per
+/// session in docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 
