@@ -71,8 +71,8 @@ pub(crate) type Setup<S> = Pin<Box<dyn Future<Output = Option<Accepted<S>>> + Se
 /// size is that of its largest state. Setup and admission (the PROXY header,
 /// TLS, the CONNECT packet, a refusal) are large but short-lived, so they
 /// run boxed and are freed once the client is in: the task of an idle
-/// connection holds its I/O, its [`Connection`] and the event loop's state,
-/// not the handshake's (issue #12: memory per session).
+/// connection holds the event loop's state and a pointer to its I/O and
+/// [`Connection`], not the handshake's state (issue #12: memory per session).
 pub(crate) async fn serve<S>(setup: Setup<S>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
