@@ -12,6 +12,7 @@ use std::sync::Arc;
 #[derive(Default)]
 pub struct RouterBench {
     router: Router,
+    out: Vec<crate::router::Delivery>,
 }
 
 impl RouterBench {
@@ -28,9 +29,10 @@ impl RouterBench {
 
     /// How many sessions a message on `topic` goes to.
     pub fn route(&mut self, topic: &str) -> usize {
+        self.out.clear();
         self.router
-            .matches(topic, SharedSubscriptionStrategy::RoundRobin)
-            .len()
+            .matches(topic, SharedSubscriptionStrategy::RoundRobin, &mut self.out);
+        self.out.len()
     }
 }
 
@@ -110,9 +112,10 @@ impl RouterOps {
 
     /// The sessions a message on `topic` goes to, sorted by client id.
     pub fn matched(&mut self, topic: &str) -> Vec<Matched> {
-        let mut matched: Vec<Matched> = self
-            .router
-            .matches(topic, SharedSubscriptionStrategy::RoundRobin)
+        let mut out = Vec::new();
+        self.router
+            .matches(topic, SharedSubscriptionStrategy::RoundRobin, &mut out);
+        let mut matched: Vec<Matched> = out
             .into_iter()
             .map(|delivery| Matched {
                 client_id: delivery.session.client_id.to_string(),

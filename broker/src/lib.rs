@@ -386,7 +386,9 @@ impl Shared {
         }
         let mut congested = Vec::new();
         let strategy = self.config.shared_subscription_strategy;
-        for delivery in self.router.matches(topic, strategy) {
+        let mut deliveries = Vec::new();
+        self.router.matches(topic, strategy, &mut deliveries);
+        for delivery in deliveries {
             let Delivery {
                 session,
                 options,

@@ -124,6 +124,9 @@ pub(crate) struct Router {
     exact: DashMap<Box<str>, Vec<Subscriber>>,
     wildcard: RwLock<Node>,
     shared: RwLock<Vec<SharedGroup>>,
+    /// `shared.len()`, read without the lock: most brokers have no shared
+    /// subscription, and every publish asks.
+    shared_groups: AtomicUsize,
 }
 
 fn is_wildcard(filter: &str) -> bool {
@@ -164,6 +167,7 @@ impl Router {
                     next: AtomicUsize::new(0),
                 }),
             }
+            self.shared_groups.store(groups.len(), Ordering::Release);
             return;
         }
         if !is_wildcard(filter) {
@@ -197,6 +201,7 @@ impl Router {
             if groups[at].members.is_empty() {
                 groups.swap_remove(at);
             }
+            self.shared_groups.store(groups.len(), Ordering::Release);
             return removed;
         }
         if !is_wildcard(filter) {
@@ -241,11 +246,15 @@ impl Router {
         }
     }
 
-    /// The sessions a message on `topic` goes to: each session once for its
-    /// own subscriptions, plus one member of every shared subscription that
-    /// matches.
-    pub fn matches(&self, topic: &str, strategy: SharedSubscriptionStrategy) -> Vec<Delivery> {
-        let mut out = Vec::new();
+    /// Appends to `out` the sessions a message on `topic` goes to: each
+    /// session once for its own subscriptions, plus one member of every
+    /// shared subscription that matches.
+    pub fn matches(
+        &self,
+        topic: &str,
+        strategy: SharedSubscriptionStrategy,
+        out: &mut Vec<Delivery>,
+    ) {
         if let Some(list) = self.exact.get(topic) {
             out.extend(list.iter().map(|s| Delivery::of(s, None)));
         }
@@ -255,7 +264,7 @@ impl Router {
                 let levels: Vec<&str> = topic.split('/').collect();
                 // Wildcards at the first level never match topics starting with $.
                 let system = topic.starts_with('$');
-                collect(&root, &levels, system, &mut out);
+                collect(&root, &levels, system, out);
             }
         }
         if out.len() > 1 {
@@ -271,13 +280,15 @@ impl Router {
                 true
             });
         }
+        if self.shared_groups.load(Ordering::Acquire) == 0 {
+            return;
+        }
         let groups = self.shared.read().unwrap_or_else(|e| e.into_inner());
         for group in groups.iter().filter(|g| filter_matches(&g.filter, topic)) {
             if let Some(member) = group.pick(strategy, None) {
                 out.push(Delivery::of(member, Some(&group.key)));
             }
         }
-        out
     }
 
     /// Another member of the shared subscription `key` than `leaving`, for a
@@ -348,7 +359,8 @@ mod tests {
     }
 
     fn ids(router: &Router, topic: &str) -> Vec<String> {
-        let out = router.matches(topic, RR);
+        let mut out = Vec::new();
+        router.matches(topic, RR, &mut out);
         let mut ids: Vec<String> = out
             .iter()
             .map(|d| d.session.client_id.to_string())
@@ -365,7 +377,8 @@ mod tests {
         router.subscribe("devices/1/down/#", &a, opts(QoS::AtLeastOnce));
         router.subscribe("devices/+/down/cmd", &b, opts(QoS::AtLeastOnce));
         router.subscribe("#", &c, opts(QoS::AtMostOnce));
-        let out = router.matches("devices/1/down/cmd", RR);
+        let mut out = Vec::new();
+        router.matches("devices/1/down/cmd", RR, &mut out);
         assert_eq!(out.len(), 3);
         let a_opts = out
             .iter()
@@ -400,7 +413,8 @@ mod tests {
         router.subscribe("t/1", &a, with_id(QoS::AtMostOnce, 7));
         router.subscribe("t/+", &a, with_id(QoS::AtLeastOnce, 9));
         router.subscribe("t/#", &a, with_id(QoS::AtMostOnce, 0));
-        let out = router.matches("t/1", RR);
+        let mut out = Vec::new();
+        router.matches("t/1", RR, &mut out);
         assert_eq!(out.len(), 1);
         let mut ids = out[0].subscription_ids.clone();
         ids.sort();
@@ -418,7 +432,8 @@ mod tests {
         router.subscribe("jobs/+", &plain, opts(QoS::AtLeastOnce));
         let mut got = Vec::new();
         for _ in 0..4 {
-            let out = router.matches("jobs/1", RR);
+            let mut out = Vec::new();
+            router.matches("jobs/1", RR, &mut out);
             assert_eq!(out.len(), 2, "the plain subscriber and one member");
             let member = out.iter().find(|d| d.shared.is_some()).unwrap();
             assert_eq!(member.shared.as_deref(), Some("$share/g/jobs/+"));
