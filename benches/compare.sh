@@ -21,6 +21,38 @@
 #              MQTT->Kafka latency),
 #      announce (1,000 speakers, 1,000 payments/s: Kafka -> announcer ->
 #                Herald -> speaker latency).
+# pinned (not in the default PARTS; issue #12): the four ratios of Herald
+#    against its references, the broker pinned to one CPU and the load
+#    generator to the other (taskset -c; PIN_BROKER, PIN_LOAD), one broker at
+#    a time (defaults of the environment variables below in brackets):
+#      1. memory per idle session (RSS from /proc/PID/status before the clients
+#         connect and [5] s (SETTLE) after the last scheduled connect, divided by the
+#         sessions connected): Herald in device mode (fleet-key passwords, Kafka)
+#         against Mosquitto with a password file (one username for all clients),
+#         [19,000] plain sessions without a subscription (`fleet`/`conn`) and
+#         with one each on devices/<id>/down/# (`sub -q 1`), and [3,000] TLS
+#         sessions (Python ssl clients, benches/pinned.py tls-clients, RSA-2048
+#         self-signed certificate made by openssl for the run). Goal <= 1.0x,
+#         TLS <= 0.5x. Herald gets broker.fd_reserve = 512 so that it accepts
+#         19,000 sessions under a 20,000 open-file limit (default reserve 1024).
+#      2. CPU per message: fan-in QoS 0 and 1 (100 publishers -> 1 subscriber,
+#         256 B) at [5,000 and 20,000] msg/s, Herald in open mode and Mosquitto
+#         as in part A: broker CPU-seconds over the publishing run
+#         (utime+stime of /proc/PID/stat) and delivery p99. Goal <= 1.0x, p99 no worse.
+#      3. Kafka hop: `uplink -c 1000 -R 500 -r 5000 -d DURATION` PUBACK p50/p99/p99.9
+#         (Herald in device mode with Kafka) against Kafka's Java producer
+#         (deploy/kafka/kafka.sh run org.apache.kafka.tools.ProducerPerformance,
+#         [100,000] 256-byte records at 5000/s, acks=all, idempotent,
+#         linger.ms=2, pinned to the broker's CPU, on a topic with the partitions of
+#         herald.uplink.scan; run twice, the second compared). Goals: p99 <= 1.5x,
+#         p50 within 1 ms; p99.9 reported.
+#      4. authenticated connects: [10,000] clients offered at [20,000]/s,
+#         Herald (fleet-key passwords) against Mosquitto (password file):
+#         sessions connected per broker CPU-second, and the rate achieved.
+#    Reports in target/bench/compare/pinned/ (ratios.json: the headline), and the
+#    headline table of docs/benchmarks.md between <!-- ratios:begin --> and
+#    <!-- ratios:end --> (benches/pinned.py report). A pinned-only run leaves
+#    the reports of parts A and B, and their section of the docs, alone.
 #
 # Writes every JSON report under target/bench/compare/, SVG latency plots into
 # docs/images/ and regenerates the tables of docs/benchmarks.md between
@@ -28,11 +60,12 @@
 # brokers and Kafka share this machine's cores: read ratios within a run.
 #
 # Usage: benches/compare.sh
+#        PARTS=pinned benches/compare.sh     the four ratios of issue #12 (about 15 minutes)
 # Environment (all optional):
 #   BASE_PORT=24880          ports BASE_PORT..BASE_PORT+15 on 127.0.0.1 must be free (keep
 #                            them below the ephemeral range, where clients take ports)
 #   BROKERS="herald mosquitto rumqttd rmqtt"   brokers of part A, in order
-#   PARTS="a b"              which parts to run
+#   PARTS="a b"              which parts to run: a, b, pinned
 #   DURATION=20              seconds of publishing per scenario
 #   FANIN_Q0_RATES="20000 40000 60000 80000 120000 160000"  offered msg/s, fan-in QoS 0
 #   FANIN_Q1_RATES="10000 20000 30000 40000 60000"          offered msg/s, fan-in QoS 1
@@ -41,6 +74,22 @@
 #   SKIP_DOCS=1              do not touch docs/ (reports only)
 #   REPORT_ONLY=1            run nothing: redraw the plots and regenerate docs/benchmarks.md
 #                            from the reports of the last run in target/bench/compare/
+#                            (with PARTS set: only the sections of those parts; unset:
+#                            every section whose run is recorded)
+# Part pinned only:
+#   PIN_BROKER=0 PIN_LOAD=1  CPUs of the broker and of the load generator (taskset -c)
+#   PIN_JAVA=$PIN_BROKER     CPU of Kafka's Java producer (in the broker's place)
+#   MEM_SESSIONS=19000       plain idle sessions per broker (the open-file limit is per process)
+#   MEM_CONNRATE=2000        their connects per second
+#   TLS_SESSIONS=3000        idle TLS sessions per broker
+#   TLS_CONNRATE=200         their connects per second
+#   SETTLE=5                 seconds after the last scheduled connect before memory is read
+#   CPU_RATES="5000 20000"   fan-in rates (msg/s) of the CPU comparison, QoS 0 and 1
+#   CONNECTS=10000           clients of the connect-rate comparison
+#   CONNECT_RATE=20000       their offered connects per second
+#   PERF_RECORDS=100000      records of each Java producer run
+#   PINNED_STEPS="memory tls connects cpu kafka"   the measurements to take (for trials;
+#                            the headline shows the others as not measured)
 # A broker's rate ladder stops at the first rate it does not sustain (less than
 # 99 % delivered or a delivery p99 over 100 ms): higher rates are not run for it.
 # Peers that cannot be built or started here are reported as such, in the
@@ -50,12 +99,15 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
 COMMAND_LINE="benches/compare.sh${*:+ $*}"
-for var in BASE_PORT BROKERS PARTS DURATION FANIN_Q0_RATES FANIN_Q1_RATES FANOUT_RATES; do
+for var in BASE_PORT BROKERS PARTS DURATION FANIN_Q0_RATES FANIN_Q1_RATES FANOUT_RATES \
+  PIN_BROKER PIN_LOAD PIN_JAVA MEM_SESSIONS MEM_CONNRATE TLS_SESSIONS TLS_CONNRATE SETTLE CPU_RATES \
+  CONNECTS CONNECT_RATE PERF_RECORDS PINNED_STEPS; do
   [[ -n ${!var:-} ]] && COMMAND_LINE="$var=\"${!var}\" $COMMAND_LINE"
 done
 
 BASE_PORT=${BASE_PORT:-24880}
 BROKERS=${BROKERS:-herald mosquitto rumqttd rmqtt}
+PARTS_GIVEN=${PARTS:+yes}
 PARTS=${PARTS:-a b}
 DURATION=${DURATION:-20}
 FANIN_Q0_RATES=${FANIN_Q0_RATES:-20000 40000 60000 80000 120000 160000}
@@ -64,11 +116,32 @@ FANOUT_RATES=${FANOUT_RATES:-200 1000}
 RMQTT_BUILD_TIMEOUT=${RMQTT_BUILD_TIMEOUT:-2400}
 SKIP_DOCS=${SKIP_DOCS:-}
 REPORT_ONLY=${REPORT_ONLY:-}
+PIN_BROKER=${PIN_BROKER:-0}
+PIN_LOAD=${PIN_LOAD:-1}
+PIN_JAVA=${PIN_JAVA:-$PIN_BROKER}
+MEM_SESSIONS=${MEM_SESSIONS:-19000}
+MEM_CONNRATE=${MEM_CONNRATE:-2000}
+TLS_SESSIONS=${TLS_SESSIONS:-3000}
+TLS_CONNRATE=${TLS_CONNRATE:-200}
+SETTLE=${SETTLE:-5}
+CPU_RATES=${CPU_RATES:-5000 20000}
+CONNECTS=${CONNECTS:-10000}
+CONNECT_RATE=${CONNECT_RATE:-20000}
+PERF_RECORDS=${PERF_RECORDS:-100000}
+PINNED_STEPS=${PINNED_STEPS:-memory tls connects cpu kafka}
+for part in $PARTS; do
+  [[ $part == a || $part == b || $part == pinned ]] ||
+    { echo "compare.sh: unknown part $part (a, b, pinned)" >&2; exit 1; }
+done
+has_part() { [[ " $PARTS " == *" $1 "* ]]; }
 
 OUT=target/bench/compare
+PINNED=$OUT/pinned # part pinned's reports
+DIR=$OUT           # where start_broker and scenario write (the current part's directory)
 PEERS=target/peers
 IMAGES=docs/images
-LT=target/release/herald-loadtest
+LT=target/release/herald-loadtest # a copy in $OUT/bin/ once built (below)
+HERALD_BIN=target/release/herald
 KAFKA=127.0.0.1:9092
 FLEET_KEY=$(printf 'herald-benchmark-fleet-key-0000' | base64)
 
@@ -77,6 +150,9 @@ PORT_MOSQUITTO=$((BASE_PORT + 1))
 PORT_RUMQTTD=$((BASE_PORT + 2))
 PORT_RMQTT=$((BASE_PORT + 3))
 PORT_HERALD=$((BASE_PORT + 4))
+PORT_HERALD_TLS=$((BASE_PORT + 5))
+PORT_MOSQUITTO_TLS=$((BASE_PORT + 6))
+PORT_MOSQUITTO_AUTH=$((BASE_PORT + 7))
 PORT_HERALD_OPEN_HTTP=$((BASE_PORT + 10))
 PORT_RMQTT_RPC=$((BASE_PORT + 13))
 PORT_HERALD_HTTP=$((BASE_PORT + 14))
@@ -84,6 +160,8 @@ PORT_ANNOUNCER_HTTP=$((BASE_PORT + 15))
 
 say() { echo "compare.sh: $*" >&2; }
 die() { say "error: $*"; exit 1; }
+
+BROKER_PIN=() LOAD_PIN=() # taskset prefixes of brokers and load generators (part pinned)
 
 # --- processes: everything started here is stopped on exit ---------------------------------
 
@@ -178,6 +256,7 @@ json.dump({
     "broker": broker, "case": case, "wall_secs": round(wall, 2),
     # broker CPU in cores (1.0 = one core busy all the time)
     "broker_cpu_cores": round((p1 - p0) / int(hz) / max(wall, 1e-9), 2),
+    "broker_cpu_secs": round((p1 - p0) / int(hz), 2),
     # the whole machine, all processes: 1.0 = every core busy
     "machine_busy": round(1 - (mi1 - mi0) / total, 3),
 }, open(out, "w"), indent=1)
@@ -194,14 +273,36 @@ if ! command -v python3 >/dev/null || [[ ! -x $MOSQUITTO ]]; then
   scripts/install-deps.sh # Debian packages, mosquitto among them
 fi
 [[ -x $MOSQUITTO ]] || die "mosquitto is not installed"
+if has_part pinned; then
+  for tool in taskset openssl mosquitto_passwd; do
+    command -v "$tool" >/dev/null || die "part pinned needs $tool"
+  done
+  for cpu in "$PIN_BROKER" "$PIN_LOAD" "$PIN_JAVA"; do
+    taskset -c "$cpu" true 2>/dev/null || die "cannot pin to CPU $cpu (set PIN_BROKER, PIN_LOAD, PIN_JAVA)"
+  done
+  ((PIN_BROKER != PIN_LOAD)) || say "warning: broker and load generator pinned to the same CPU $PIN_BROKER"
+fi
 
 mkdir -p "$OUT" "$PEERS/logs"
-rm -f "$OUT"/*.json "$OUT"/*.log "$OUT"/*.conf "$OUT"/*.toml "$OUT"/*.txt
-rm -rf "$OUT/plot"
+if has_part a || has_part b; then # a pinned-only run keeps the reports of parts A and B
+  rm -f "$OUT"/*.json "$OUT"/*.log "$OUT"/*.conf "$OUT"/*.toml "$OUT"/*.txt
+  rm -rf "$OUT/plot"
+fi
+if has_part pinned; then
+  rm -rf "$PINNED"
+  mkdir -p "$PINNED"
+fi
 declare -A PEER_STATUS=()
 
 say "building Herald, herald-loadtest and herald-consumers (release)"
 cargo build --release --locked -q -p herald -p herald-loadtest -p herald-consumers
+# The run uses a copy of these binaries, so that a rebuild in this tree while it
+# runs (cargo replaces target/release/*) cannot mix two builds in one report.
+HERALD_VERSION=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+git diff --quiet HEAD -- . ':!benches' ':!docs' 2>/dev/null || HERALD_VERSION+='+uncommitted changes'
+mkdir -p "$OUT/bin"
+cp -f target/release/herald target/release/herald-loadtest target/release/herald-consumers "$OUT/bin/"
+HERALD_BIN=$OUT/bin/herald LT=$OUT/bin/herald-loadtest
 
 registry_src() { # CRATE-VERSION: its unpacked source in cargo's registry, if any
   local d
@@ -252,7 +353,7 @@ build_rmqttd() {
     --target-dir "$PEERS/build" >"$PEERS/logs/rmqttd-build.log" 2>&1
 }
 
-[[ " $PARTS " == *" a "* ]] || BROKERS=
+has_part a || BROKERS=
 for broker in $BROKERS; do
   case $broker in
   herald | mosquitto) ;;
@@ -270,7 +371,8 @@ done
 # --- ports and Kafka ---------------------------------------------------------------------------
 
 for port in "$PORT_HERALD_OPEN" "$PORT_MOSQUITTO" "$PORT_RUMQTTD" "$PORT_RMQTT" "$PORT_HERALD" \
-  "$PORT_HERALD_OPEN_HTTP" "$PORT_RMQTT_RPC" "$PORT_HERALD_HTTP" "$PORT_ANNOUNCER_HTTP"; do
+  "$PORT_HERALD_OPEN_HTTP" "$PORT_RMQTT_RPC" "$PORT_HERALD_HTTP" "$PORT_ANNOUNCER_HTTP" \
+  "$PORT_HERALD_TLS" "$PORT_MOSQUITTO_TLS" "$PORT_MOSQUITTO_AUTH"; do
   port_taken "$port" && die "port $port on 127.0.0.1 is in use: stop what uses it or set BASE_PORT"
 done
 read -r EPHEMERAL_LOW EPHEMERAL_HIGH </proc/sys/net/ipv4/ip_local_port_range
@@ -285,13 +387,14 @@ deploy/kafka/kafka.sh start >/dev/null
 # --- part A: plain MQTT against each broker ----------------------------------------------------
 
 BROKER_PID='' BROKER_PORT=''
-start_broker() { # NAME: start it on its own port; fails (and says why) if it does not serve
-  local name=$1 dir=$OUT/$1
+start_broker() { # NAME: start it on its own port (pinned with BROKER_PIN); fails (and says why) if it does not serve
+  # Writes its config and log into $DIR.
+  local name=$1 dir=$DIR/$1
   mkdir -p "$dir"
   case $name in
   herald)
     BROKER_PORT=$PORT_HERALD_OPEN
-    cat >"$OUT/herald-open.toml" <<TOML
+    cat >"$DIR/herald-open.toml" <<TOML
 # Herald as a plain MQTT broker: no authentication, no ACL. The Kafka bridge
 # connects, but bench/ topics match no uplink rule, so nothing goes to Kafka.
 [broker]
@@ -313,11 +416,11 @@ listen = "127.0.0.1:$PORT_HERALD_OPEN_HTTP"
 [log]
 filter = "warn"
 TOML
-    spawn "$OUT/herald-open.log" target/release/herald --config "$OUT/herald-open.toml" run
+    spawn "$DIR/herald-open.log" "${BROKER_PIN[@]}" "$HERALD_BIN" --config "$DIR/herald-open.toml" run
     ;;
   mosquitto)
     BROKER_PORT=$PORT_MOSQUITTO
-    cat >"$OUT/mosquitto.conf" <<CONF
+    cat >"$DIR/mosquitto.conf" <<CONF
 # Mosquitto as a plain broker on its own port; per-client limits as Herald's defaults.
 listener $PORT_MOSQUITTO 127.0.0.1
 allow_anonymous true
@@ -329,11 +432,11 @@ log_dest stderr
 log_type error
 log_type warning
 CONF
-    spawn "$OUT/mosquitto.log" "$MOSQUITTO" -c "$OUT/mosquitto.conf"
+    spawn "$DIR/mosquitto.log" "${BROKER_PIN[@]}" "$MOSQUITTO" -c "$DIR/mosquitto.conf"
     ;;
   rumqttd)
     BROKER_PORT=$PORT_RUMQTTD
-    cat >"$OUT/rumqttd.toml" <<TOML
+    cat >"$DIR/rumqttd.toml" <<TOML
 # rumqttd with one MQTT 3.1.1 server on its own port; no console, no metrics.
 id = 0
 
@@ -354,12 +457,12 @@ next_connection_delay_ms = 1
     max_inflight_count = 32
     dynamic_filters = true
 TOML
-    spawn "$OUT/rumqttd.log" "$PEERS/bin/rumqttd" --quiet --config "$OUT/rumqttd.toml"
+    spawn "$DIR/rumqttd.log" "${BROKER_PIN[@]}" "$PEERS/bin/rumqttd" --quiet --config "$DIR/rumqttd.toml"
     ;;
   rmqtt)
     BROKER_PORT=$PORT_RMQTT
     mkdir -p "$dir/plugins"
-    cat >"$OUT/rmqtt.toml" <<TOML
+    cat >"$DIR/rmqtt.toml" <<TOML
 # RMQTT as a plain broker on its own port: no ACL and no HTTP API plugin,
 # no "busy" refusals (this machine is loaded by design), gRPC on loopback.
 [node]
@@ -384,31 +487,102 @@ max_inflight = 32
 max_mqueue_len = 1000
 TOML
     # rmqttd also reads ./rmqtt.toml: run it where there is none.
-    spawn "$OUT/rmqtt.log" bash -c "cd '$dir' && exec '$ROOT/$PEERS/bin/rmqttd' -f '$ROOT/$OUT/rmqtt.toml'"
+    spawn "$DIR/rmqtt.log" "${BROKER_PIN[@]}" bash -c "cd '$dir' && exec '$ROOT/$PEERS/bin/rmqttd' -f '$ROOT/$DIR/rmqtt.toml'"
+    ;;
+  herald-device)
+    # Herald as deployed: device authentication with a fleet key, uplinks to
+    # Kafka, downlink consumer and presence events on (the defaults). Part
+    # pinned adds lines to [broker] (HERALD_BROKER_EXTRA) and a TLS listener
+    # (HERALD_TLS_TABLE).
+    BROKER_PORT=$PORT_HERALD
+    cat >"$DIR/herald-device.toml" <<TOML
+# Herald as deployed: device authentication with a fleet key, uplinks to Kafka,
+# downlink consumer and presence events on (the defaults).
+[broker]
+listen = "127.0.0.1:$PORT_HERALD"
+${HERALD_BROKER_EXTRA:-}
+[broker.auth]
+fleet_key = "$FLEET_KEY"
+# Benchmarks measure capacity: the listener's connect-rate limit (5000/s by
+# default, docs/reliability.md) is off here.
+[broker.admission]
+max_connect_rate = 0
+${HERALD_TLS_TABLE:-}
+[kafka]
+bootstrap_servers = "$KAFKA"
+[http]
+listen = "127.0.0.1:$PORT_HERALD_HTTP"
+[log]
+filter = "warn"
+TOML
+    spawn "$DIR/herald-device.log" "${BROKER_PIN[@]}" "$HERALD_BIN" --config "$DIR/herald-device.toml" run
+    ;;
+  mosquitto-auth)
+    # Mosquitto with password-file authentication ($DIR/mosquitto.passwd) on a
+    # plain and a TLS listener ($DIR/tls/); per-client limits as in part A.
+    BROKER_PORT=$PORT_MOSQUITTO_AUTH
+    cat >"$DIR/mosquitto-auth.conf" <<CONF
+per_listener_settings false
+allow_anonymous false
+password_file $ROOT/$DIR/mosquitto.passwd
+persistence false
+max_inflight_messages 32
+max_queued_messages 1000
+set_tcp_nodelay true
+log_dest stderr
+log_type error
+log_type warning
+listener $PORT_MOSQUITTO_AUTH 127.0.0.1
+listener $PORT_MOSQUITTO_TLS 127.0.0.1
+certfile $ROOT/$DIR/tls/cert.pem
+keyfile $ROOT/$DIR/tls/key.pem
+CONF
+    spawn "$DIR/mosquitto-auth.log" "${BROKER_PIN[@]}" "$MOSQUITTO" -c "$DIR/mosquitto-auth.conf"
     ;;
   esac
   BROKER_PID=$SPAWNED
   if ! wait_port "$BROKER_PORT" "$BROKER_PID" 30; then
     say "$name did not start (log: $OUT/$name.log):"
-    tail -5 "$OUT/$name.log" >&2 || true
+    tail -5 "$DIR/$name.log" >&2 || true
     forget "$BROKER_PID"
     return 1
   fi
   sleep 2 # let it settle (Herald's Kafka client connects)
 }
 
-# One scenario: subscribers first, then publishers; both reports, and CPU over the window.
+metrics() { # FILE: the device-mode Herald's Prometheus metrics now
+  python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' \
+    "http://127.0.0.1:$PORT_HERALD_HTTP/metrics" >"$1" 2>/dev/null || true
+}
+# run_device CASE ARGS...: one herald-loadtest scenario against the device-mode Herald
+# ($BROKER_PID, started with `start_broker herald-device`): report, log, Herald's CPU over
+# the run and its metrics before and after in $DIR/$DEVICE_PREFIX$CASE.*
+DEVICE_PREFIX=''
+run_device() {
+  local case=$1 base=$DIR/$DEVICE_PREFIX$1
+  shift
+  say "herald+kafka: $case"
+  metrics "$base.metrics-before.txt"
+  cpu_begin "$BROKER_PID"
+  "${LOAD_PIN[@]}" "$LT" "$@" -p "$PORT_HERALD" --fleet-key "$FLEET_KEY" --report "$base.json" \
+    >"$base.log" 2>&1 || say "herald+kafka: $case failed (log: $base.log)"
+  cpu_end "$base.meta.json" herald "$case"
+  metrics "$base.metrics-after.txt"
+  sleep 2
+}
+
+# One scenario: subscribers first, then publishers; both reports (in $DIR), and CPU over the window.
 # scenario BROKER CASE QOS RATE SUB_CLIENTS SUB_FILTER PUB_CLIENTS PUB_TOPIC
 scenario() {
   local broker=$1 case=$2 qos=$3 rate=$4 subs=$5 filter=$6 pubs=$7 topic=$8
-  local base=$OUT/$broker-$case sub_pid
+  local base=$DIR/$broker-$case sub_pid
   say "$broker: $case (QoS $qos, $rate msg/s offered, $pubs publishers -> $subs subscribers)"
-  spawn "$base-sub.log" "$LT" sub -p "$BROKER_PORT" -c "$subs" -R 1000 --client-id 'sub-%i' \
+  spawn "$base-sub.log" "${LOAD_PIN[@]}" "$LT" sub -p "$BROKER_PORT" -c "$subs" -R 1000 --client-id 'sub-%i' \
     -t "$filter" -q "$qos" -d $((DURATION + 5)) --report "$base-sub.json"
   sub_pid=$SPAWNED
   sleep 2
   cpu_begin "$BROKER_PID"
-  "$LT" pub -p "$BROKER_PORT" -c "$pubs" -R 1000 --client-id 'pub-%i' -t "$topic" -q "$qos" \
+  "${LOAD_PIN[@]}" "$LT" pub -p "$BROKER_PORT" -c "$pubs" -R 1000 --client-id 'pub-%i' -t "$topic" -q "$qos" \
     -r "$rate" -d "$DURATION" --report "$base-pub.json" >"$base-pub.log" 2>&1 ||
     say "$broker: $case: publisher failed (log: $base-pub.log)"
   cpu_end "$base.meta.json" "$broker" "$case"
@@ -430,7 +604,7 @@ sys.exit(0 if r["received"] >= 0.99 * int(sys.argv[2]) and p99 <= 100_000 else 1
 PY
 }
 
-if [[ " $PARTS " == *" a "* ]]; then
+if has_part a; then
   for broker in $BROKERS; do
     [[ -n ${PEER_STATUS[$broker]:-} ]] && continue
     if ! start_broker "$broker"; then
@@ -465,71 +639,218 @@ fi
 
 # --- part B: Herald with device auth and Kafka ---------------------------------------------------
 
-if [[ " $PARTS " == *" b "* ]]; then
-  cat >"$OUT/herald-device.toml" <<TOML
-# Herald as deployed: device authentication with a fleet key, uplinks to Kafka,
-# downlink consumer and presence events on (the defaults).
-[broker]
-listen = "127.0.0.1:$PORT_HERALD"
-[broker.auth]
-fleet_key = "$FLEET_KEY"
-# Benchmarks measure capacity: the listener's connect-rate limit (5000/s by
-# default, docs/reliability.md) is off here.
-[broker.admission]
-max_connect_rate = 0
-[kafka]
-bootstrap_servers = "$KAFKA"
-[http]
-listen = "127.0.0.1:$PORT_HERALD_HTTP"
-[log]
-filter = "warn"
-TOML
+if has_part b; then
   cat >"$OUT/announcer.toml" <<TOML
 # The announcer with its default topics: herald.payments -> herald.downlink.
 http_listen = "127.0.0.1:$PORT_ANNOUNCER_HTTP"
 [kafka]
 bootstrap_servers = "$KAFKA"
 TOML
-  spawn "$OUT/herald-device.log" target/release/herald --config "$OUT/herald-device.toml" run
-  HERALD_PID=$SPAWNED
-  wait_port "$PORT_HERALD" "$HERALD_PID" 30 || die "Herald did not start (log: $OUT/herald-device.log)"
+  start_broker herald-device || die "Herald did not start (log: $OUT/herald-device.log)"
+  HERALD_PID=$BROKER_PID
   RUST_LOG=warn HERALD_CONSUMERS_HTTP_LISTEN=127.0.0.1:$PORT_ANNOUNCER_HTTP \
-    spawn "$OUT/announcer.log" target/release/herald-consumers announcer --config "$OUT/announcer.toml"
+    spawn "$OUT/announcer.log" "$OUT/bin/herald-consumers" announcer --config "$OUT/announcer.toml"
   ANNOUNCER_PID=$SPAWNED
   wait_port "$PORT_ANNOUNCER_HTTP" "$ANNOUNCER_PID" 30 || die "announcer did not start (log: $OUT/announcer.log)"
   sleep 3 # Herald's and the announcer's consumer groups get their partitions
 
-  metrics() { # FILE: Herald's Prometheus metrics now
-    python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' \
-      "http://127.0.0.1:$PORT_HERALD_HTTP/metrics" >"$1" 2>/dev/null || true
-  }
-  run_b() { # CASE ARGS...: one herald-loadtest scenario against the device-mode Herald
-    local case=$1
-    shift
-    say "herald+kafka: $case"
-    metrics "$OUT/b-$case.metrics-before.txt"
-    cpu_begin "$HERALD_PID"
-    "$LT" "$@" -p "$PORT_HERALD" --fleet-key "$FLEET_KEY" --report "$OUT/b-$case.json" \
-      >"$OUT/b-$case.log" 2>&1 || say "herald+kafka: $case failed (log: $OUT/b-$case.log)"
-    cpu_end "$OUT/b-$case.meta.json" herald "$case"
-    metrics "$OUT/b-$case.metrics-after.txt"
-    sleep 2
-  }
+  DEVICE_PREFIX=b-
   # Memory first, on a Herald that has carried no traffic yet.
-  run_b fleet fleet -c 10000 -R 10000 --client-id 'fleet-%i' --hold 15 --broker-pid "$HERALD_PID"
-  run_b storm storm -c 5000 -R 5000 --client-id 'storm-%i' --hold 5
-  run_b uplink uplink -c 1000 -R 500 --client-id 'scanbox-%i' -r 5000 -d "$DURATION" --kafka "$KAFKA"
-  run_b announce announce -c 1000 -R 500 --client-id 'speaker-%i' -r 1000 -d "$DURATION" --kafka "$KAFKA"
+  run_device fleet fleet -c 10000 -R 10000 --client-id 'fleet-%i' --hold 15 --broker-pid "$HERALD_PID"
+  run_device storm storm -c 5000 -R 5000 --client-id 'storm-%i' --hold 5
+  run_device uplink uplink -c 1000 -R 500 --client-id 'scanbox-%i' -r 5000 -d "$DURATION" --kafka "$KAFKA"
+  run_device announce announce -c 1000 -R 500 --client-id 'speaker-%i' -r 1000 -d "$DURATION" --kafka "$KAFKA"
   forget "$ANNOUNCER_PID"
   forget "$HERALD_PID"
+fi
+
+# --- part pinned: the four ratios of issue #12 -----------------------------------------------------
+
+if has_part pinned; then
+  PINNED_START=$SECONDS
+  DIR=$PINNED
+  DEVICE_PREFIX=''
+  BROKER_PIN=(taskset -c "$PIN_BROKER")
+  LOAD_PIN=(taskset -c "$PIN_LOAD")
+  HOLD=$((SETTLE + 5)) # idle fleets stay connected this long after their last scheduled connect
+  # The connect-rate fleets are read later: connects refused for a full listen
+  # backlog come back after SYN retransmits (1, 2, 4 s), and idle sessions cost
+  # no CPU meanwhile.
+  CONNECT_READ=$((SETTLE + 10))
+
+  # Credentials and certificate of this run. Mosquitto, started as root, drops
+  # to its own user before it reads them: they are readable by all (a
+  # throwaway key for loopback).
+  MOSQ_USER=bench
+  MOSQ_PASSWORD=bench-$RANDOM$RANDOM
+  mosquitto_passwd -b -c "$DIR/mosquitto.passwd" "$MOSQ_USER" "$MOSQ_PASSWORD" >"$DIR/mosquitto_passwd.log" 2>&1 ||
+    die "mosquitto_passwd failed (log: $DIR/mosquitto_passwd.log)"
+  mkdir -p "$DIR/tls"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+    -keyout "$DIR/tls/key.pem" -out "$DIR/tls/cert.pem" >"$DIR/tls/openssl.log" 2>&1 ||
+    die "openssl could not make the certificate (log: $DIR/tls/openssl.log)"
+  chmod 644 "$DIR/mosquitto.passwd" "$DIR/tls/key.pem"
+  # Herald keeps broker.fd_reserve descriptors (default 1024) out of max_connections:
+  # with 512, MEM_SESSIONS (19,000) sessions fit under a 20,000 open-file limit.
+  HERALD_BROKER_EXTRA='fd_reserve = 512'
+  HERALD_TLS_TABLE="[broker.tls]
+listen = \"127.0.0.1:$PORT_HERALD_TLS\"
+cert_path = \"$ROOT/$DIR/tls/cert.pem\"
+key_path = \"$ROOT/$DIR/tls/key.pem\""
+
+  rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+  # Each idle fleet connects from its own two loopback source addresses, so that
+  # the TIME_WAIT sockets of the one before cannot take its ports.
+  SOURCE_NET=0 SOURCES=''
+  next_sources() {
+    SOURCE_NET=$((SOURCE_NET + 1))
+    SOURCES=127.0.$SOURCE_NET.2,127.0.$SOURCE_NET.3
+  }
+  # idle_fleet CASE CLIENTS RATE AFTER CMD...: runs CMD, a fleet that connects
+  # CLIENTS at RATE per second and holds them idle (for longer than AFTER s), on
+  # the load generator's CPU; reads the broker's RSS and CPU time before it
+  # starts and AFTER s after its last scheduled connect, into
+  # $DIR/CASE.meta.json, with the broker's idle CPU use over the 3 s before
+  # (Herald's Kafka clients poll: cpu_secs_net leaves that out), and its CPU time
+  # every 0.1 s in $DIR/CASE.cpu.txt. For Herald also its metrics at the second
+  # reading ($DIR/CASE.metrics.txt). CMD writes $DIR/CASE.json.
+  idle_fleet() {
+    local case=$1 clients=$2 rate=$3 after=$4 wait_s pid sampler rss0 rss1 p0 p1 t0 t1 pi ti
+    shift 4
+    wait_s=$(python3 -c "import sys; print(int(sys.argv[1]) / float(sys.argv[2]) + float(sys.argv[3]))" \
+      "$clients" "$rate" "$after")
+    say "pinned: $case ($clients sessions at $rate/s)"
+    spawn "$DIR/$case.cpu-sampler.log" "${LOAD_PIN[@]}" python3 benches/pinned.py cpu-sampler \
+      --pid "$BROKER_PID" --out "$DIR/$case.cpu.txt"
+    sampler=$SPAWNED
+    pi=$(proc_ticks "$BROKER_PID") ti=$(date +%s.%N)
+    sleep 3
+    rss0=$(rss_kib "$BROKER_PID") p0=$(proc_ticks "$BROKER_PID") t0=$(date +%s.%N)
+    spawn "$DIR/$case.log" "${LOAD_PIN[@]}" "$@"
+    pid=$SPAWNED
+    sleep "$wait_s"
+    rss1=$(rss_kib "$BROKER_PID") p1=$(proc_ticks "$BROKER_PID") t1=$(date +%s.%N)
+    [[ $BROKER_PORT != "$PORT_HERALD" ]] || metrics "$DIR/$case.metrics.txt"
+    wait "$pid" || say "pinned: $case: the load generator failed (log: $DIR/$case.log)"
+    forget "$pid"
+    forget "$sampler"
+    python3 - "$DIR/$case.meta.json" "$case" "$after" "$rss0" "$rss1" "$pi" "$p0" "$p1" "$ti" "$t0" "$t1" \
+      "$HZ" <<'PY'
+import json, sys
+out, case, after, rss0, rss1, pi, p0, p1, ti, t0, t1, hz = sys.argv[1:]
+hz, wall = int(hz), float(t1) - float(t0)
+idle = (int(p0 or 0) - int(pi or 0)) / hz / max(float(t0) - float(ti), 1e-9)  # CPU-s per s
+cpu = (int(p1 or 0) - int(p0 or 0)) / hz
+json.dump({"case": case, "read_after_secs": float(after), "start_unix": float(t0), "hz": hz,
+           "rss_before_kib": int(rss0 or 0), "rss_after_kib": int(rss1 or 0),
+           "cpu_secs": round(cpu, 2), "wall_secs": round(wall, 2),
+           "idle_cpu_per_sec": round(idle, 4), "cpu_secs_net": round(max(cpu - idle * wall, 0), 2)},
+          open(out, "w"), indent=1)
+PY
+    sleep 1
+  }
+  # start_pinned herald|mosquitto: a fresh broker for one measurement, Herald in
+  # device mode or Mosquitto with its password file, settled; sets AUTH (the
+  # clients' credentials), VERB (the idle-fleet scenario) and TLS_PORT.
+  start_pinned() {
+    if [[ $1 == herald ]]; then
+      start_broker herald-device || die "Herald did not start (log: $DIR/herald-device.log)"
+      sleep 3 # its Kafka producer and consumer group settle
+      AUTH=(--fleet-key "$FLEET_KEY") VERB=fleet TLS_PORT=$PORT_HERALD_TLS
+    else
+      start_broker mosquitto-auth || die "Mosquitto did not start (log: $DIR/mosquitto-auth.log)"
+      AUTH=(-u "$MOSQ_USER" -P "$MOSQ_PASSWORD") VERB=conn TLS_PORT=$PORT_MOSQUITTO_TLS
+    fi
+  }
+
+  step() { [[ " $PINNED_STEPS " == *" $1 "* ]]; }
+  for s in memory tls connects cpu kafka; do
+    step "$s" || say "pinned: $s not measured (PINNED_STEPS=\"$PINNED_STEPS\")"
+  done
+
+  # 1. Memory per idle session: plain (without and with a subscription), then TLS.
+  for variant in plain sub; do
+    step memory || break
+    for kind in herald mosquitto; do
+      name=mem-$kind
+      [[ $variant == plain ]] || name=mem-sub-$kind
+      start_pinned "$kind"
+      next_sources
+      if [[ $variant == plain ]]; then
+        idle_fleet "$name" "$MEM_SESSIONS" "$MEM_CONNRATE" "$SETTLE" \
+          "$LT" "$VERB" -p "$BROKER_PORT" --ifaddr "$SOURCES" -c "$MEM_SESSIONS" -R "$MEM_CONNRATE" --client-id 'dev-%i' --hold "$HOLD" --broker-pid "$BROKER_PID" \
+          "${AUTH[@]}" --report "$DIR/$name.json"
+      else
+        idle_fleet "$name" "$MEM_SESSIONS" "$MEM_CONNRATE" "$SETTLE" \
+          "$LT" sub -p "$BROKER_PORT" --ifaddr "$SOURCES" -c "$MEM_SESSIONS" -R "$MEM_CONNRATE" --client-id 'dev-%i' -t 'devices/%c/down/#' -q 1 -d "$HOLD" \
+          "${AUTH[@]}" --report "$DIR/$name.json"
+      fi
+      forget "$BROKER_PID"
+    done
+  done
+  for kind in herald mosquitto; do
+    step tls || break
+    start_pinned "$kind"
+    idle_fleet "tls-$kind" "$TLS_SESSIONS" "$TLS_CONNRATE" "$SETTLE" \
+      python3 benches/pinned.py tls-clients --port "$TLS_PORT" --ca "$DIR/tls/cert.pem" -c "$TLS_SESSIONS" -R "$TLS_CONNRATE" --hold "$HOLD" --client-id 'tls-%i' \
+      "${AUTH[@]}" --report "$DIR/tls-$kind.json"
+    forget "$BROKER_PID"
+  done
+
+  # 4. Authenticated connects on one core (before the publishing runs heat anything up).
+  for kind in herald mosquitto; do
+    step connects || break
+    start_pinned "$kind"
+    next_sources
+    idle_fleet "connect-$kind" "$CONNECTS" "$CONNECT_RATE" "$CONNECT_READ" "$LT" "$VERB" -p "$BROKER_PORT" \
+      --ifaddr "$SOURCES" -c "$CONNECTS" -R "$CONNECT_RATE" --client-id 'conn-%i' --hold $((CONNECT_READ + 5)) \
+      "${AUTH[@]}" --report "$DIR/connect-$kind.json"
+    forget "$BROKER_PID"
+  done
+
+  # 2. CPU per message: plain fan-in, Herald in open mode and Mosquitto as in part A.
+  for kind in herald mosquitto; do
+    step cpu || break
+    start_broker "$kind" || die "$kind did not start (log: $DIR/$kind.log)"
+    for qos in 0 1; do
+      for rate in $CPU_RATES; do
+        scenario "$kind" "fanin-q$qos-$rate" "$qos" "$rate" 1 'bench/in/#' 100 'bench/in/%i'
+      done
+    done
+    forget "$BROKER_PID"
+  done
+
+  # 3. The Kafka hop: Herald's PUBACK after Kafka, then Kafka's own Java producer
+  # at the same rate and settings, on a topic with as many partitions as Herald's.
+  if step kafka; then
+    start_pinned herald
+    run_device uplink uplink -c 1000 -R 500 --client-id 'scanbox-%i' -r 5000 -d "$DURATION" --kafka "$KAFKA"
+    forget "$BROKER_PID"
+    PERF_TOPIC=herald-bench-pinned-perf
+    partitions=$(deploy/kafka/kafka.sh topics --describe --topic herald.uplink.scan 2>/dev/null |
+      sed -n 's/.*PartitionCount:[[:space:]]*\([0-9][0-9]*\).*/\1/p' | head -1) || true
+    deploy/kafka/kafka.sh topics --create --if-not-exists --topic "$PERF_TOPIC" --partitions "${partitions:-3}" \
+      --replication-factor 1 >"$DIR/perf-topic.log" 2>&1 ||
+      say "pinned: could not create $PERF_TOPIC (log: $DIR/perf-topic.log)"
+    for n in 1 2; do
+      say "pinned: Kafka's Java producer, run $n of 2 ($PERF_RECORDS records at 5000/s on CPU $PIN_JAVA)"
+      timeout $((PERF_RECORDS / 5000 + 120)) taskset -c "$PIN_JAVA" deploy/kafka/kafka.sh run \
+        org.apache.kafka.tools.ProducerPerformance --topic "$PERF_TOPIC" --num-records "$PERF_RECORDS" \
+        --throughput 5000 --record-size 256 --producer-props "bootstrap.servers=$KAFKA" acks=all \
+        enable.idempotence=true linger.ms=2 >"$DIR/perf-$n.log" 2>&1 ||
+        say "pinned: the Java producer failed (log: $DIR/perf-$n.log)"
+    done
+    deploy/kafka/kafka.sh topics --delete --topic "$PERF_TOPIC" >>"$DIR/perf-topic.log" 2>&1 || true
+  fi
+  DIR=$OUT BROKER_PIN=() LOAD_PIN=()
 fi
 
 # --- run description, plots, tables --------------------------------------------------------------
 
 versions() {
   local v
-  # Uncommitted changes count only outside benches/ and docs/ (this script and its output).
-  echo "herald=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- . ':!benches' ':!docs' 2>/dev/null || echo '+uncommitted changes')"
+  # As built (above). Uncommitted changes count only outside benches/ and docs/ (this script and its output).
+  echo "herald=$HERALD_VERSION"
   echo "mosquitto=$("$MOSQUITTO" -h 2>&1 | sed -n 's/^mosquitto version //p' | head -1)"
   v=unknown
   [[ -x $PEERS/bin/rumqttd ]] && v=0.20.0
@@ -539,9 +860,7 @@ versions() {
   echo "rmqtt=${v:-unknown}"
   echo "rustc=$(rustc --version 2>/dev/null | awk '{print $2}')"
 }
-{
-  for k in "${!PEER_STATUS[@]}"; do echo "status.$k=${PEER_STATUS[$k]}"; done
-  versions
+machine() {
   echo "date=$(date -u +%Y-%m-%d)"
   echo "nproc=$(nproc)"
   echo "cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
@@ -552,16 +871,61 @@ versions() {
   echo "nofile=$(ulimit -n)"
   echo "command=$COMMAND_LINE"
   echo "duration=$DURATION"
-  echo "fanin_q0=$FANIN_Q0_RATES"
-  echo "fanin_q1=$FANIN_Q1_RATES"
-  echo "fanout=$FANOUT_RATES"
-  echo "brokers=$BROKERS"
-  echo "parts=$PARTS"
-  echo "elapsed=$SECONDS"
-} >"$OUT/run.txt"
+}
+if has_part a || has_part b; then
+  {
+    for k in "${!PEER_STATUS[@]}"; do echo "status.$k=${PEER_STATUS[$k]}"; done
+    versions
+    machine
+    echo "fanin_q0=$FANIN_Q0_RATES"
+    echo "fanin_q1=$FANIN_Q1_RATES"
+    echo "fanout=$FANOUT_RATES"
+    echo "brokers=$BROKERS"
+    echo "parts=$PARTS"
+    echo "elapsed=$SECONDS"
+  } >"$OUT/run.txt"
+fi
+if has_part pinned; then
+  {
+    versions
+    machine
+    echo "kafka=$(deploy/kafka/kafka.sh env 2>/dev/null | sed -n 's/^KAFKA_VERSION=//p')"
+    echo "java=$(java -version 2>&1 | head -1 | sed 's/"//g')"
+    echo "pin_broker=$PIN_BROKER"
+    echo "pin_load=$PIN_LOAD"
+    echo "pin_java=$PIN_JAVA"
+    echo "settle=$SETTLE"
+    echo "mem_sessions=$MEM_SESSIONS"
+    echo "tls_sessions=$TLS_SESSIONS"
+    echo "cpu_rates=$CPU_RATES"
+    echo "connects=$CONNECTS"
+    echo "connect_rate=$CONNECT_RATE"
+    echo "perf_records=$PERF_RECORDS"
+    echo "elapsed=$((SECONDS - PINNED_START))"
+  } >"$PINNED/run.txt"
+fi
 
 fi # REPORT_ONLY
-[[ -f $OUT/run.txt ]] || die "no run recorded in $OUT/run.txt"
+
+# Which sections to regenerate: those of the parts run, or (REPORT_ONLY without
+# PARTS) every one whose run is recorded.
+DO_COMPARE='' DO_PINNED=''
+if [[ -n $REPORT_ONLY && -z $PARTS_GIVEN ]]; then
+  [[ -f $OUT/run.txt ]] && DO_COMPARE=yes
+  [[ -f $PINNED/run.txt ]] && DO_PINNED=yes
+  [[ -n $DO_COMPARE$DO_PINNED ]] || die "no run recorded in $OUT/run.txt or $PINNED/run.txt"
+else
+  if has_part a || has_part b; then
+    [[ -f $OUT/run.txt ]] || die "no run recorded in $OUT/run.txt"
+    DO_COMPARE=yes
+  fi
+  if has_part pinned; then
+    [[ -f $PINNED/run.txt ]] || die "no pinned run recorded in $PINNED/run.txt"
+    DO_PINNED=yes
+  fi
+fi
+
+if [[ -n $DO_COMPARE ]]; then
 
 # Plot inputs: one report per curve, named as the legend should read, holding
 # only the series that matter (the plot draws every series of a report), in
@@ -965,6 +1329,17 @@ else:
     text = text.rstrip("\n") + f"\n\n## Side by side and with Kafka\n\n{begin}\n{section}\n{end}\n"
 open(doc, "w").write(text)
 print(f"updated {doc}", file=sys.stderr)
+PY
+fi
+fi # DO_COMPARE
+
+if [[ -n $DO_PINNED ]]; then
+  python3 benches/pinned.py report "$PINNED" docs/benchmarks.md ${SKIP_DOCS:+--no-docs}
+  python3 - "$PINNED/ratios.json" <<'PY' >&2
+import json, sys
+for g in json.load(open(sys.argv[1]))["goals"]:
+    print(f"compare.sh: {g['goal']}: Herald {g['herald']}, reference {g['reference']}, ratio {g['ratio']} "
+          f"(target {g['target']}): {g['verdict'].replace('**', '')}")
 PY
 fi
 say "done: reports in $OUT/"
