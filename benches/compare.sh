@@ -60,7 +60,7 @@
 # brokers and Kafka share this machine's cores: read ratios within a run.
 #
 # Usage: benches/compare.sh
-#        PARTS=pinned benches/compare.sh     the four ratios of issue #12 (about 15 minutes)
+#        PARTS=pinned benches/compare.sh     the four ratios of issue #12 (about 10 minutes)
 # Environment (all optional):
 #   BASE_PORT=24880          ports BASE_PORT..BASE_PORT+15 on 127.0.0.1 must be free (keep
 #                            them below the ephemeral range, where clients take ports)
@@ -812,6 +812,13 @@ PY
   for kind in herald mosquitto; do
     step cpu || break
     start_broker "$kind" || die "$kind did not start (log: $DIR/$kind.log)"
+    # Its CPU use while idle (5 s), which the runs' CPU-seconds include.
+    p0=$(proc_ticks "$BROKER_PID")
+    sleep 5
+    p1=$(proc_ticks "$BROKER_PID")
+    printf '{"broker": "%s", "idle_cpu_per_sec": %s}\n' "$kind" \
+      "$(python3 -c 'import sys; print(round((int(sys.argv[2]) - int(sys.argv[1])) / int(sys.argv[3]) / 5, 4))' \
+        "$p0" "$p1" "$HZ")" >"$DIR/$kind-idle.json"
     for qos in 0 1; do
       for rate in $CPU_RATES; do
         scenario "$kind" "fanin-q$qos-$rate" "$qos" "$rate" 1 'bench/in/#' 100 'bench/in/%i'
