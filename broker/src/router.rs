@@ -54,9 +54,80 @@ impl Delivery {
     }
 }
 
+/// A trie node's children. Most nodes have one or a few (below a device's
+/// id: `down`, `up`), and a hash map's smallest table costs over 400 bytes
+/// per node, so a few children are a short list, searched in order; past
+/// [`FEW_CHILDREN`] (the level of device ids) they move to a hash map.
+enum Children {
+    Few(Vec<(Box<str>, Node)>),
+    Many(HashMap<Box<str>, Node>),
+}
+
+const FEW_CHILDREN: usize = 8;
+
+impl Default for Children {
+    fn default() -> Self {
+        Self::Few(Vec::new())
+    }
+}
+
+impl Children {
+    fn is_empty(&self) -> bool {
+        match self {
+            Self::Few(list) => list.is_empty(),
+            Self::Many(map) => map.is_empty(),
+        }
+    }
+
+    fn get(&self, level: &str) -> Option<&Node> {
+        match self {
+            Self::Few(list) => list.iter().find(|(l, _)| **l == *level).map(|(_, n)| n),
+            Self::Many(map) => map.get(level),
+        }
+    }
+
+    fn get_mut(&mut self, level: &str) -> Option<&mut Node> {
+        match self {
+            Self::Few(list) => list.iter_mut().find(|(l, _)| **l == *level).map(|(_, n)| n),
+            Self::Many(map) => map.get_mut(level),
+        }
+    }
+
+    /// The child for `level`, created if missing.
+    fn entry(&mut self, level: &str) -> &mut Node {
+        if let Self::Few(list) = self {
+            if list.len() >= FEW_CHILDREN && !list.iter().any(|(l, _)| **l == *level) {
+                *self = Self::Many(std::mem::take(list).into_iter().collect());
+            }
+        }
+        match self {
+            Self::Few(list) => {
+                let at = match list.iter().position(|(l, _)| **l == *level) {
+                    Some(at) => at,
+                    None => {
+                        list.push((level.into(), Node::default()));
+                        list.len() - 1
+                    }
+                };
+                &mut list[at].1
+            }
+            Self::Many(map) => map.entry(level.into()).or_default(),
+        }
+    }
+
+    fn remove(&mut self, level: &str) {
+        match self {
+            Self::Few(list) => list.retain(|(l, _)| **l != *level),
+            Self::Many(map) => {
+                map.remove(level);
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
+    children: Children,
     /// Subscriptions whose filter ends at this node.
     here: Vec<Subscriber>,
     /// Subscriptions whose filter ends with `#` below this node.
@@ -185,7 +256,7 @@ impl Router {
                 upsert(&mut node.multi, session, options);
                 return;
             }
-            node = node.children.entry(level.into()).or_default();
+            node = node.children.entry(level);
         }
         upsert(&mut node.here, session, options);
     }
@@ -447,5 +518,35 @@ mod tests {
         assert!(router.unsubscribe("$share/g/jobs/+", &b));
         assert!(router.other_member("$share/g/jobs/+", &a, RR).is_none());
         assert!(router.shared.read().unwrap().is_empty(), "empty groups go");
+    }
+
+    #[test]
+    fn many_children_move_from_a_list_to_a_map_and_still_match() {
+        let router = Router::default();
+        let sessions: Vec<_> = (0..20).map(|i| session(&format!("d{i}"))).collect();
+        for (i, s) in sessions.iter().enumerate() {
+            router.subscribe(&format!("devices/d{i}/down/#"), s, opts(QoS::AtLeastOnce));
+        }
+        assert!(matches!(
+            router
+                .wildcard
+                .read()
+                .unwrap()
+                .children
+                .get("devices")
+                .map(|n| &n.children),
+            Some(Children::Many(_))
+        ));
+        for i in [0, 7, 8, 19] {
+            assert_eq!(
+                ids(&router, &format!("devices/d{i}/down/cmd")),
+                [format!("d{i}")]
+            );
+        }
+        assert!(ids(&router, "devices/d20/down/cmd").is_empty());
+        for (i, s) in sessions.iter().enumerate() {
+            assert!(router.unsubscribe(&format!("devices/d{i}/down/#"), s));
+        }
+        assert!(router.wildcard.read().unwrap().is_empty());
     }
 }
