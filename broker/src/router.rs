@@ -290,12 +290,12 @@ impl Router {
                 [] => remove(&mut node.here, session),
                 ["#"] => remove(&mut node.multi, session),
                 [first, rest @ ..] => {
-                    let Some(child) = node.children.get_mut(*first) else {
+                    let Some(child) = node.children.get_mut(first) else {
                         return false;
                     };
                     let removed = walk(child, rest, session);
                     if child.is_empty() {
-                        node.children.remove(*first);
+                        node.children.remove(first);
                     }
                     removed
                 }
@@ -386,7 +386,7 @@ fn collect(node: &Node, levels: &[&str], system: bool, out: &mut Vec<Delivery>) 
         out.extend(node.here.iter().map(|s| Delivery::of(s, None)));
         return;
     };
-    if let Some(child) = node.children.get(*first) {
+    if let Some(child) = node.children.get(first) {
         collect(child, rest, false, out);
     }
     if !system {
