@@ -20,6 +20,7 @@ mod auth;
 #[doc(hidden)]
 pub mod bench_api;
 pub mod codec;
+mod compact;
 mod config;
 mod connection;
 mod downlink;

@@ -12,6 +12,7 @@
 //! workers), so they are matched by a scan of the groups.
 
 use crate::codec::QoS;
+use crate::compact;
 use crate::config::SharedSubscriptionStrategy;
 use crate::session::{Session, SubOptions};
 use crate::topic::{filter_matches, split_shared};
@@ -105,7 +106,7 @@ impl Children {
                 let at = match list.iter().position(|(l, _)| **l == *level) {
                     Some(at) => at,
                     None => {
-                        list.push((level.into(), Node::default()));
+                        compact::push(list, (level.into(), Node::default()));
                         list.len() - 1
                     }
                 };
@@ -207,10 +208,13 @@ fn is_wildcard(filter: &str) -> bool {
 fn upsert(list: &mut Vec<Subscriber>, session: &Arc<Session>, options: SubOptions) {
     match list.iter_mut().find(|s| Arc::ptr_eq(&s.session, session)) {
         Some(existing) => existing.options = options,
-        None => list.push(Subscriber {
-            session: session.clone(),
-            options,
-        }),
+        None => compact::push(
+            list,
+            Subscriber {
+                session: session.clone(),
+                options,
+            },
+        ),
     }
 }
 

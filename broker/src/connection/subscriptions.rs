@@ -4,6 +4,7 @@
 use super::log_gate::{clip, gated_info};
 use super::{CloseReason, Connection};
 use crate::codec::*;
+use crate::compact;
 use crate::session::{Queued, SubOptions};
 use crate::topic::{check_filter, split_shared};
 use bytes::BytesMut;
@@ -84,7 +85,7 @@ impl Connection {
                         }
                         None if count >= max_subscriptions => None,
                         None => {
-                            state.subscriptions.push((path.into(), options));
+                            compact::push(&mut state.subscriptions, (path.into(), options));
                             Some(false)
                         }
                     }
