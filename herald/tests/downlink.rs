@@ -6,51 +6,19 @@
 
 mod common;
 
-use common::{consume, kafka, produce, unique, Herald};
-use herald_consumers::config::ConsumersConfig;
+use common::{consume, kafka, produce, run_service, services_config, unique, Herald};
 use herald_consumers::Service;
 use herald_loadtest::terminal::{Terminal, TerminalOptions};
 use herald_schemas::v1::*;
 use herald_schemas::Message as _;
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio_util::sync::{CancellationToken, DropGuard};
 
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
-}
-
-/// Consumer services wired to this Herald's topics.
-fn services_config(herald: &Herald, bootstrap: &str) -> ConsumersConfig {
-    let mut c = ConsumersConfig::default();
-    c.kafka.bootstrap_servers = bootstrap.into();
-    c.kafka.downlink_topic = herald.topic("downlink");
-    c.kafka.receipts_topic = herald.topic("receipts");
-    c.kafka.dead_letter_topic = herald.topic("deadletter");
-    c.announcer.input_topic = herald.topic("payments");
-    c.announcer.group_id = herald.topic("announcer");
-    c.print_dispatcher.jobs_topic = herald.topic("print.jobs");
-    c.print_dispatcher.status_uplink_topic = herald.topic("print-status");
-    c.print_dispatcher.job_status_topic = herald.topic("print.status");
-    c.print_dispatcher.group_id = herald.topic("print-dispatcher");
-    c.scan_processor.input_topic = herald.topic("scan");
-    c.scan_processor.validated_topic = herald.topic("payment.scans");
-    c.scan_processor.group_id = herald.topic("scan-processor");
-    c
-}
-
-fn run_service(service: Service, config: &ConsumersConfig) -> DropGuard {
-    let shutdown = CancellationToken::new();
-    let (config, token) = (config.clone(), shutdown.clone());
-    tokio::spawn(async move {
-        herald_consumers::run(service, &config, &prometheus::Registry::new(), token)
-            .await
-            .expect("service runs");
-    });
-    shutdown.drop_guard()
 }
 
 async fn terminal(herald: &Herald, device_id: &str) -> Terminal {

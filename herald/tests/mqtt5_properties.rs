@@ -19,8 +19,7 @@
 
 mod common;
 
-use common::{kafka, unique, Herald};
-use herald_consumers::config::ConsumersConfig;
+use common::{kafka, run_service, services_config, unique, Herald};
 use herald_consumers::Service;
 use herald_schemas::v1::{
     CommandKind, DeliveryOutcome, DeliveryReceipt, Display, DownlinkCommand, ValidatedScan,
@@ -34,7 +33,6 @@ use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
-use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// The example of W3C Trace Context §3.2.3, and a second trace.
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -436,30 +434,6 @@ async fn command_traceparent_reaches_an_mqtt5_device_as_a_user_property() {
             receipt.command_id
         );
     }
-}
-
-/// Consumer services wired to this Herald's topics.
-fn services_config(herald: &Herald, bootstrap: &str) -> ConsumersConfig {
-    let mut c = ConsumersConfig::default();
-    c.kafka.bootstrap_servers = bootstrap.into();
-    c.kafka.downlink_topic = herald.topic("downlink");
-    c.kafka.receipts_topic = herald.topic("receipts");
-    c.kafka.dead_letter_topic = herald.topic("deadletter");
-    c.scan_processor.input_topic = herald.topic("scan");
-    c.scan_processor.validated_topic = herald.topic("payment.scans");
-    c.scan_processor.group_id = herald.topic("scan-processor");
-    c
-}
-
-fn run_service(service: Service, config: &ConsumersConfig) -> DropGuard {
-    let shutdown = CancellationToken::new();
-    let (config, token) = (config.clone(), shutdown.clone());
-    tokio::spawn(async move {
-        herald_consumers::run(service, &config, &prometheus::Registry::new(), token)
-            .await
-            .expect("service runs");
-    });
-    shutdown.drop_guard()
 }
 
 /// One trace from the scan box to the payment backend, and from the scan

@@ -435,3 +435,40 @@ pub fn run(command: &mut std::process::Command) -> std::process::Output {
     );
     output
 }
+
+/// Consumer services wired to this Herald's topics.
+pub fn services_config(
+    herald: &Herald,
+    bootstrap: &str,
+) -> herald_consumers::config::ConsumersConfig {
+    let mut c = herald_consumers::config::ConsumersConfig::default();
+    c.kafka.bootstrap_servers = bootstrap.into();
+    c.kafka.downlink_topic = herald.topic("downlink");
+    c.kafka.receipts_topic = herald.topic("receipts");
+    c.kafka.dead_letter_topic = herald.topic("deadletter");
+    c.announcer.input_topic = herald.topic("payments");
+    c.announcer.group_id = herald.topic("announcer");
+    c.print_dispatcher.jobs_topic = herald.topic("print.jobs");
+    c.print_dispatcher.status_uplink_topic = herald.topic("print-status");
+    c.print_dispatcher.job_status_topic = herald.topic("print.status");
+    c.print_dispatcher.group_id = herald.topic("print-dispatcher");
+    c.scan_processor.input_topic = herald.topic("scan");
+    c.scan_processor.validated_topic = herald.topic("payment.scans");
+    c.scan_processor.group_id = herald.topic("scan-processor");
+    c
+}
+
+/// Runs `service` in this process until the guard is dropped.
+pub fn run_service(
+    service: herald_consumers::Service,
+    config: &herald_consumers::config::ConsumersConfig,
+) -> tokio_util::sync::DropGuard {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (config, token) = (config.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        herald_consumers::run(service, &config, &prometheus::Registry::new(), token)
+            .await
+            .expect("service runs");
+    });
+    shutdown.drop_guard()
+}
