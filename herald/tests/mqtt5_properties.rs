@@ -19,14 +19,13 @@
 
 mod common;
 
-use common::{kafka, run_service, services_config, unique, Herald};
+use common::{kafka, run_service, services_config, Herald};
 use herald_consumers::Service;
 use herald_schemas::v1::{
     CommandKind, DeliveryOutcome, DeliveryReceipt, Display, DownlinkCommand, ValidatedScan,
 };
 use herald_schemas::Message as _;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::process::Stdio;
@@ -154,15 +153,7 @@ impl RawRecord {
 
 /// Reads `topic` from the beginning until `want` records arrived or 60 s passed.
 async fn raw_records(bootstrap: &str, topic: &str, want: usize) -> Vec<RawRecord> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", unique("test-reader-"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .set("topic.metadata.refresh.interval.ms", "500")
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&[topic]).expect("subscribe");
+    let consumer = common::reader(bootstrap, topic);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut records = Vec::new();
     while records.len() < want {

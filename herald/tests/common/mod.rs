@@ -338,8 +338,8 @@ impl Record {
     }
 }
 
-/// Reads `topic` from the beginning until `want` records arrived or `wait` passed.
-pub async fn consume(bootstrap: &str, topic: &str, want: usize, wait: Duration) -> Vec<Record> {
+/// A consumer of its own group that reads `topic` from the beginning.
+pub fn reader(bootstrap: &str, topic: &str) -> StreamConsumer {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("test-reader-"))
@@ -349,6 +349,12 @@ pub async fn consume(bootstrap: &str, topic: &str, want: usize, wait: Duration) 
         .create()
         .expect("consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
+    consumer
+}
+
+/// Reads `topic` from the beginning until `want` records arrived or `wait` passed.
+pub async fn consume(bootstrap: &str, topic: &str, want: usize, wait: Duration) -> Vec<Record> {
+    let consumer = reader(bootstrap, topic);
     let mut records = Vec::new();
     let deadline = tokio::time::Instant::now() + wait;
     while records.len() < want {
