@@ -217,30 +217,30 @@ impl Shared {
         if filters.is_empty() {
             return;
         }
-        let matching = |topic: &str| -> Vec<SubOptions> {
+        fn matching<'a>(
+            filters: &'a [(Box<str>, SubOptions)],
+            topic: &'a str,
+        ) -> impl Iterator<Item = &'a SubOptions> + 'a {
             filters
                 .iter()
-                .filter(|(filter, _)| topic::filter_matches(filter, topic))
-                .map(|(_, options)| *options)
-                .collect()
-        };
-        for queued in self
-            .mailbox
-            .take_matching(&session.client_id, |topic| !matching(topic).is_empty())
-        {
-            let topic = String::from_utf8_lossy(&queued.message.topic).into_owned();
-            let matched = matching(&topic);
-            let qos = matched
-                .iter()
-                .map(|options| options.qos)
-                .max_by_key(|qos| *qos as u8)
-                .unwrap_or(QoS::AtLeastOnce)
-                .min_qos(queued.message.qos);
-            let subscription_ids = matched
-                .iter()
-                .filter_map(|options| options.id)
-                .map(|id| id.get() as usize)
-                .collect();
+                .filter(move |(filter, _)| topic::filter_matches(filter, topic))
+                .map(|(_, options)| options)
+        }
+        for queued in self.mailbox.take_matching(&session.client_id, |topic| {
+            matching(&filters, topic).next().is_some()
+        }) {
+            // The highest granted QoS and every identifier, in one pass.
+            let mut granted = QoS::AtMostOnce;
+            let mut subscription_ids = Vec::new();
+            let topic = String::from_utf8_lossy(&queued.message.topic);
+            for options in matching(&filters, &topic) {
+                if options.qos as u8 > granted as u8 {
+                    granted = options.qos;
+                }
+                subscription_ids.extend(options.id.map(|id| id.get() as usize));
+            }
+            let qos = granted.min_qos(queued.message.qos);
+            let subscription_ids = subscription_ids.into_boxed_slice();
             let offer = session.offer(
                 session::Queued {
                     qos,
@@ -442,22 +442,7 @@ impl Shared {
         if !self.sink.wants(topic) {
             return;
         }
-        let properties = message.properties.as_deref();
-        let uplink = Uplink {
-            client_id: session.client_id.clone(),
-            topic: topic.clone(),
-            payload: message.payload.clone(),
-            qos: message.qos as u8,
-            retain: message.retain,
-            dup: false,
-            received_at: std::time::SystemTime::now(),
-            user_properties: properties
-                .map(|p| p.user_properties.clone())
-                .unwrap_or_default(),
-            content_type: properties.and_then(|p| p.content_type.clone()),
-            response_topic: properties.and_then(|p| p.response_topic.clone()),
-            correlation_data: properties.and_then(|p| p.correlation_data.clone()),
-        };
+        let uplink = message.to_uplink(session.client_id.clone(), topic.clone(), false);
         if let Some(ack) = self.sink.submit(uplink) {
             let client_id = session.client_id.clone();
             tokio::spawn(async move {

@@ -10,6 +10,7 @@
 use crate::codec::{PublishProperties, QoS};
 use crate::config::QueueFullPolicy;
 use crate::downlink::{DeliveryOutcome, DownlinkRefusal, DownlinkTag};
+use crate::sink::Uplink;
 use bytes::Bytes;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
@@ -59,6 +60,27 @@ impl Message {
 
     pub fn is_expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// This message as an uplink for the sink, with the MQTT 5 properties
+    /// that travel on with it.
+    pub fn to_uplink(&self, client_id: Arc<str>, topic: Arc<str>, dup: bool) -> Uplink {
+        let properties = self.properties.as_deref();
+        Uplink {
+            client_id,
+            topic,
+            payload: self.payload.clone(),
+            qos: self.qos as u8,
+            retain: self.retain,
+            dup,
+            received_at: std::time::SystemTime::now(),
+            user_properties: properties
+                .map(|p| p.user_properties.clone())
+                .unwrap_or_default(),
+            content_type: properties.and_then(|p| p.content_type.clone()),
+            response_topic: properties.and_then(|p| p.response_topic.clone()),
+            correlation_data: properties.and_then(|p| p.correlation_data.clone()),
+        }
     }
 }
 

@@ -8,14 +8,13 @@ use super::{CloseReason, Connection};
 use crate::codec::{self, *};
 use crate::io::Io;
 use crate::session::Message;
-use crate::sink::{Rejection, Uplink, UplinkAck, UplinkError};
+use crate::sink::{Rejection, UplinkAck, UplinkError};
 use crate::topic::{check_name, TopicError};
 use bytes::BytesMut;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::PollSemaphore;
@@ -302,22 +301,8 @@ impl Connection {
             .collect();
         let room = (!room.is_empty()).then(|| futures::future::join_all(room));
         let sink_wait = if wanted {
-            let properties = message.properties.as_deref();
-            self.shared.sink.submit(Uplink {
-                client_id: self.session.client_id.clone(),
-                topic,
-                payload: message.payload,
-                qos: qos as u8,
-                retain: message.retain,
-                dup,
-                received_at: SystemTime::now(),
-                user_properties: properties
-                    .map(|p| p.user_properties.clone())
-                    .unwrap_or_default(),
-                content_type: properties.and_then(|p| p.content_type.clone()),
-                response_topic: properties.and_then(|p| p.response_topic.clone()),
-                correlation_data: properties.and_then(|p| p.correlation_data.clone()),
-            })
+            let uplink = message.to_uplink(self.session.client_id.clone(), topic, dup);
+            self.shared.sink.submit(uplink)
         } else {
             None
         };
