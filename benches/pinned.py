@@ -36,6 +36,8 @@ import ssl
 import sys
 import time
 
+from faults_summary import load  # a report, or None when missing or unreadable
+
 BEGIN, END = "<!-- ratios:begin -->", "<!-- ratios:end -->"
 
 
@@ -190,14 +192,6 @@ def read_samples(path):
 
 
 # --- the headline table -----------------------------------------------------------------------
-
-def load(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
 
 def parse_perf(path):
     """The final line of Kafka's ProducerPerformance: '100000 records sent, 4999.5 records/sec

@@ -486,14 +486,20 @@ def shared_subscriptions(port):
     publisher.close()
 
 
-def shared_redelivery(port):
-    """MQTT 5 §4.8.2: a member that goes away with unacknowledged messages
-    does not keep them from the group: another member gets them."""
+def slow_and_fast_members(port):
+    """Two members of $share/g/work/+: the first never acknowledges (manual
+    ack), the second acknowledges at once; and a publisher."""
     slow = Client(port, manual_ack=True)
     slow.subscribe("$share/g/work/+", qos=1)
     fast = Client(port)
     fast.subscribe("$share/g/work/+", qos=1)
-    publisher = Client(port)
+    return slow, fast, Client(port)
+
+
+def shared_redelivery(port):
+    """MQTT 5 §4.8.2: a member that goes away with unacknowledged messages
+    does not keep them from the group: another member gets them."""
+    slow, fast, publisher = slow_and_fast_members(port)
     for i in range(6):
         publisher.publish(f"work/{i}", str(i).encode(), qos=1)
     held = [slow.receive() for _ in range(3)]  # never acknowledged
@@ -509,11 +515,7 @@ def shared_redelivery(port):
 def shared_least_busy(port):
     """§4.8.2 lets the server choose the member: with least_busy, one that
     leaves its messages unacknowledged gets no more while another keeps up."""
-    slow = Client(port, manual_ack=True)
-    slow.subscribe("$share/g/work/+", qos=1)
-    fast = Client(port)
-    fast.subscribe("$share/g/work/+", qos=1)
-    publisher = Client(port)
+    slow, fast, publisher = slow_and_fast_members(port)
     for i in range(6):
         publisher.publish(f"work/{i}", str(i).encode(), qos=1)
         time.sleep(0.3)  # the fast member has acknowledged by now
