@@ -55,6 +55,7 @@ use metrics::Metrics;
 use retained::RetainedStore;
 use router::{Delivery, Router};
 use session::{Message, Offer, Queued, Registry, Session, SubOptions};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
@@ -260,33 +261,26 @@ impl Shared {
     /// member can take stays queued for this session's return. QoS 2
     /// messages past PUBREC stay: the client has them.
     fn redistribute_shared(&self, session: &Arc<Session>) {
+        /// Takes the items `pred` picks out of `items`, keeping the others' order.
+        fn take_where<T>(items: &mut VecDeque<T>, pred: impl Fn(&T) -> bool) -> VecDeque<T> {
+            if !items.iter().any(&pred) {
+                return VecDeque::new();
+            }
+            let (taken, kept) = std::mem::take(items).into_iter().partition(|i| pred(i));
+            *items = kept;
+            taken
+        }
         let taken: Vec<Queued> = {
             let mut state = session.lock();
-            let mut taken = Vec::new();
-            let unacknowledged = |i: &session::Inflight| {
+            let inflight = take_where(&mut state.inflight, |i| {
                 i.stage == session::OutboundStage::Published && i.queued.shared.is_some()
-            };
-            if state.inflight.iter().any(unacknowledged) {
-                let inflight = std::mem::take(&mut state.inflight);
-                for inflight in inflight {
-                    if unacknowledged(&inflight) {
-                        taken.push(inflight.queued);
-                    } else {
-                        state.inflight.push_back(inflight);
-                    }
-                }
-            }
-            if state.queue.iter().any(|q| q.shared.is_some()) {
-                let queue = std::mem::take(&mut state.queue);
-                for queued in queue {
-                    if queued.shared.is_some() {
-                        taken.push(queued);
-                    } else {
-                        state.queue.push_back(queued);
-                    }
-                }
-            }
-            taken
+            });
+            let queued = take_where(&mut state.queue, |q| q.shared.is_some());
+            inflight
+                .into_iter()
+                .map(|i| i.queued)
+                .chain(queued)
+                .collect()
         };
         if taken.is_empty() {
             return;
@@ -401,15 +395,16 @@ impl Shared {
                 continue;
             }
             let queued = Queued {
+                message: message.clone(),
                 // [MQTT-3.8.4-8]: the lower of the message's and the subscription's QoS.
                 qos: options.qos.min_qos(message.qos),
                 // MQTT 3.1.1 §3.3.1.3, [MQTT-3.3.1-12], [MQTT-3.3.1-13]: forwarded
                 // messages lose the retain flag unless the subscriber asked
                 // for it (MQTT 5 Retain As Published).
                 retain: options.retain_as_published && message.retain,
+                downlink: None,
                 subscription_ids: subscription_ids.into_boxed_slice(),
                 shared,
-                ..Queued::plain(message.clone(), QoS::AtMostOnce, false)
             };
             let offer = session.offer(
                 queued,
