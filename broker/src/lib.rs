@@ -34,6 +34,7 @@ mod router;
 mod server;
 mod session;
 mod sink;
+mod tls;
 mod topic;
 mod websocket;
 mod wills;

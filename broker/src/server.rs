@@ -1,9 +1,10 @@
 //! Listeners and lifecycle: binding, accepting, limits, background chores,
 //! and graceful shutdown.
 
-use crate::config::{BrokerConfig, ConfigError, TlsConfig};
+use crate::config::{BrokerConfig, ConfigError};
 use crate::connection::{self, Accepted};
 use crate::proxy_protocol;
+use crate::tls::TlsAcceptor;
 use crate::websocket::{Upgrader, WebSocketError, WsStream};
 use crate::{
     Authenticator, BrokerHandle, BrokerHooks, DelayedWills, FlappingDetector, Metrics, Registry,
@@ -18,7 +19,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -60,7 +60,7 @@ impl Broker {
         let max_connections = connection_limit(&config);
         let metrics = Metrics::new(registry)?;
         metrics.connection_limit.set(max_connections as i64);
-        let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
+        let tls = config.tls.as_ref().map(TlsAcceptor::new).transpose()?;
 
         let listener = bind(config.listen).await?;
         let local_addr = listener.local_addr().map_err(|source| BrokerError::Bind {
@@ -307,41 +307,6 @@ fn connection_limit(config: &BrokerConfig) -> usize {
         "open-file limit raised; sessions this process can hold"
     );
     max
-}
-
-fn tls_acceptor(config: &TlsConfig) -> Result<TlsAcceptor, BrokerError> {
-    use rustls_pemfile::{certs, private_key};
-    let read = |path: &std::path::Path| {
-        std::fs::read(path)
-            .map_err(|e| BrokerError::Tls(format!("cannot read {}: {e}", path.display())))
-    };
-    let cert_pem = read(&config.cert_path)?;
-    let key_pem = read(&config.key_path)?;
-    let chain = certs(&mut &cert_pem[..])
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| BrokerError::Tls(format!("{}: {e}", config.cert_path.display())))?;
-    if chain.is_empty() {
-        return Err(BrokerError::Tls(format!(
-            "{}: no certificate found",
-            config.cert_path.display()
-        )));
-    }
-    let key = private_key(&mut &key_pem[..])
-        .map_err(|e| BrokerError::Tls(format!("{}: {e}", config.key_path.display())))?
-        .ok_or_else(|| {
-            BrokerError::Tls(format!(
-                "{}: no private key found",
-                config.key_path.display()
-            ))
-        })?;
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let server = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| BrokerError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| BrokerError::Tls(e.to_string()))?;
-    Ok(TlsAcceptor::from(Arc::new(server)))
 }
 
 /// What a listener runs on an accepted socket before MQTT.

@@ -8,7 +8,7 @@ use herald_broker::codec::{self, *};
 use herald_broker::{AuthMode, Broker, BrokerConfig, BrokerHooks};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -100,9 +100,10 @@ impl TestBroker {
     }
 }
 
-/// A minimal MQTT 5 client that shows every packet, for exact assertions.
-pub struct Raw {
-    pub stream: TcpStream,
+/// A minimal MQTT 5 client that shows every packet, for exact assertions,
+/// over TCP or any other stream (TLS).
+pub struct Raw<S = TcpStream> {
+    pub stream: S,
     pub buf: BytesMut,
 }
 
@@ -135,6 +136,15 @@ impl Raw {
             .handshake(client_id, clean, will, login)
             .await
     }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
+    pub fn over(stream: S) -> Raw<S> {
+        Raw {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
 
     /// Sends CONNECT on an open connection and waits for the CONNACK.
     pub async fn handshake(
@@ -143,7 +153,7 @@ impl Raw {
         clean: bool,
         will: Option<LastWill>,
         login: Option<Login>,
-    ) -> (Raw, ConnAck) {
+    ) -> (Raw<S>, ConnAck) {
         let mut raw = self;
         let mut props = ConnectProperties::new();
         props.session_expiry_interval = Some(if clean { 0 } else { 300 });
@@ -276,6 +286,8 @@ impl TestCert {
             .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
             .args(["-subj", "/CN=localhost", "-addext"])
             .arg("subjectAltName=DNS:localhost,IP:127.0.0.1")
+            // Not a CA: rustls's client refuses a CA as the server's own certificate.
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
             .arg("-keyout")
             .arg(&key)
             .arg("-out")
