@@ -1,12 +1,12 @@
 //! Micro-benchmarks of the per-message and per-connection hot paths:
 //! MQTT decode/encode, credential verification, routing and ACL checks,
-//! protobuf and JSON contracts, spoken amounts.
+//! protobuf and JSON contracts, spoken amounts, the TLS record path.
 //!
 //! `cargo bench -p herald-benches` (results in target/criterion/).
 
 use bytes::{Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use herald_broker::bench_api::{AclBench, RouterBench};
+use herald_broker::bench_api::{tls_server, AclBench, RouterBench};
 use herald_broker::codec::{self, ProtocolVersion, Publish, QoS};
 use herald_broker::AuthConfig;
 use herald_schemas::v1::{Announcement, CommandKind, DownlinkCommand, ScanResult};
@@ -144,11 +144,88 @@ fn schema_benches(c: &mut Criterion) {
     });
 }
 
+/// One 256-byte message from a rustls client to the server and back, over an
+/// in-memory pipe: the TLS listener's stream (rustls unbuffered, its buffers
+/// freed when empty) against tokio-rustls's server stream, which it replaced.
+fn tls_benches(c: &mut Criterion) {
+    use std::sync::Arc;
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    use tokio_rustls::rustls::{self, pki_types::ServerName};
+
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let cert_pem = std::fs::read(fixtures.join("tls-cert.pem")).unwrap();
+    let key_pem = std::fs::read(fixtures.join("tls-key.pem")).unwrap();
+    let chain: Vec<_> = rustls_pemfile::certs(&mut &cert_pem[..])
+        .map(Result::unwrap)
+        .collect();
+    let key = rustls_pemfile::private_key(&mut &key_pem[..])
+        .unwrap()
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain.clone(), key)
+        .unwrap();
+    let server = Arc::new(server);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(chain[0].clone()).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+
+    async fn echo<S, C>(server: &mut S, client: &mut C)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut buf = [7u8; 256];
+        client.write_all(&buf).await.unwrap();
+        client.flush().await.unwrap();
+        server.read_exact(&mut buf).await.unwrap();
+        server.write_all(&buf).await.unwrap();
+        server.flush().await.unwrap();
+        client.read_exact(&mut buf).await.unwrap();
+    }
+
+    let mut group = c.benchmark_group("tls_echo_256B");
+    group.throughput(Throughput::Bytes(512));
+    let (mut ours, mut ours_client) = rt.block_on(async {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let name = ServerName::try_from("localhost").unwrap();
+        let (server, client) =
+            tokio::join!(tls_server(server.clone(), a), connector.connect(name, b));
+        (server.unwrap(), client.unwrap())
+    });
+    group.bench_function("herald_unbuffered", |b| {
+        b.iter(|| rt.block_on(echo(&mut ours, &mut ours_client)))
+    });
+    let acceptor = tokio_rustls::TlsAcceptor::from(server.clone());
+    let (mut theirs, mut theirs_client) = rt.block_on(async {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let name = ServerName::try_from("localhost").unwrap();
+        let (server, client) = tokio::join!(acceptor.accept(a), connector.connect(name, b));
+        (server.unwrap(), client.unwrap())
+    });
+    group.bench_function("tokio_rustls", |b| {
+        b.iter(|| rt.block_on(echo(&mut theirs, &mut theirs_client)))
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     codec_benches,
     auth_benches,
     routing_benches,
-    schema_benches
+    schema_benches,
+    tls_benches
 );
 criterion_main!(benches);

@@ -222,3 +222,16 @@ pub fn read_proxy_header(bytes: &[u8]) -> (Result<Option<std::net::SocketAddr>, 
 
 /// The largest PROXY v2 address block a listener reads.
 pub const MAX_PROXY_ADDRESS_BLOCK: usize = crate::proxy_protocol::MAX_ADDRESS_BLOCK;
+
+/// The TLS listener's stream (`tls/stream.rs`) after its handshake over `io`.
+pub async fn tls_server<S>(
+    config: Arc<rustls::ServerConfig>,
+    io: S,
+) -> std::io::Result<impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let conn =
+        rustls::server::UnbufferedServerConnection::new(config).map_err(std::io::Error::other)?;
+    crate::tls::TlsStream::accept(io, conn).await
+}

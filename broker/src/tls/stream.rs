@@ -111,7 +111,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
                     None
                 }
                 ConnectionState::EncodeTlsData(mut encode) => {
-                    append(&mut self.outgoing, |out| encode.encode(out))?;
+                    append(&mut self.outgoing, 0, |out| encode.encode(out))?;
                     None
                 }
                 // The encoded bytes are queued in `outgoing`, in order.
@@ -128,12 +128,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
                 ConnectionState::WriteTraffic(mut traffic) => Some(Step::Writable(match send {
                     Emit::Nothing => 0,
                     Emit::Data(data) => {
-                        append(&mut self.outgoing, |out| traffic.encrypt(data, out))?;
+                        append(&mut self.outgoing, data.len(), |out| {
+                            traffic.encrypt(data, out)
+                        })?;
                         data.len()
                     }
                     Emit::CloseNotify => {
                         if !self.close_notify_sent {
-                            append(&mut self.outgoing, |out| traffic.queue_close_notify(out))?;
+                            append(&mut self.outgoing, 0, |out| traffic.queue_close_notify(out))?;
                             self.close_notify_sent = true;
                         }
                         0
@@ -296,13 +298,15 @@ impl NeedsRoom for EncryptError {
 }
 
 /// Appends to `out` what `write` puts into the buffer it is given, growing the
-/// buffer to the size `write` asks for.
+/// buffer to the size `write` asks for. `payload` bytes plus a record's
+/// overhead usually fit at the first try.
 fn append<E: NeedsRoom>(
     out: &mut Vec<u8>,
+    payload: usize,
     mut write: impl FnMut(&mut [u8]) -> Result<usize, E>,
 ) -> io::Result<()> {
     let start = out.len();
-    let mut room = 64;
+    let mut room = payload + 64;
     loop {
         out.resize(start + room, 0);
         match write(&mut out[start..]) {
