@@ -38,7 +38,9 @@
 #      2. CPU per message: fan-in QoS 0 and 1 (100 publishers -> 1 subscriber,
 #         256 B) at [5,000 and 20,000] msg/s, Herald in open mode and Mosquitto
 #         as in part A: broker CPU-seconds over the publishing run
-#         (utime+stime of /proc/PID/stat) and delivery p99. Goal <= 1.0x, p99 no worse.
+#         (utime+stime of /proc/PID/stat) and delivery p99, in [3] rounds (CPU_ROUNDS)
+#         with the brokers' order alternating; the medians are compared.
+#         Goal <= 1.0x, p99 no worse.
 #      3. Kafka hop: `uplink -c 1000 -R 500 -r 5000 -d DURATION` PUBACK p50/p99/p99.9
 #         (Herald in device mode with Kafka) against Kafka's Java producer
 #         (deploy/kafka/kafka.sh run org.apache.kafka.tools.ProducerPerformance,
@@ -60,7 +62,7 @@
 # brokers and Kafka share this machine's cores: read ratios within a run.
 #
 # Usage: benches/compare.sh
-#        PARTS=pinned benches/compare.sh     the four ratios of issue #12 (about 10 minutes)
+#        PARTS=pinned benches/compare.sh     the four ratios of issue #12 (about 20 minutes)
 # Environment (all optional):
 #   BASE_PORT=24880          ports BASE_PORT..BASE_PORT+15 on 127.0.0.1 must be free (keep
 #                            them below the ephemeral range, where clients take ports)
@@ -85,6 +87,8 @@
 #   TLS_CONNRATE=200         their connects per second
 #   SETTLE=5                 seconds after the last scheduled connect before memory is read
 #   CPU_RATES="5000 20000"   fan-in rates (msg/s) of the CPU comparison, QoS 0 and 1
+#   CPU_ROUNDS=3             rounds of the CPU comparison, the brokers' order alternating;
+#                            the headline shows each row's median
 #   CONNECTS=10000           clients of the connect-rate comparison
 #   CONNECT_RATE=20000       their offered connects per second
 #   PERF_RECORDS=100000      records of each Java producer run
@@ -101,7 +105,7 @@ ROOT=$PWD
 COMMAND_LINE="benches/compare.sh${*:+ $*}"
 for var in BASE_PORT BROKERS PARTS DURATION FANIN_Q0_RATES FANIN_Q1_RATES FANOUT_RATES \
   PIN_BROKER PIN_LOAD PIN_JAVA MEM_SESSIONS MEM_CONNRATE TLS_SESSIONS TLS_CONNRATE SETTLE CPU_RATES \
-  CONNECTS CONNECT_RATE PERF_RECORDS PINNED_STEPS; do
+  CPU_ROUNDS CONNECTS CONNECT_RATE PERF_RECORDS PINNED_STEPS; do
   [[ -n ${!var:-} ]] && COMMAND_LINE="$var=\"${!var}\" $COMMAND_LINE"
 done
 
@@ -125,6 +129,7 @@ TLS_SESSIONS=${TLS_SESSIONS:-3000}
 TLS_CONNRATE=${TLS_CONNRATE:-200}
 SETTLE=${SETTLE:-5}
 CPU_RATES=${CPU_RATES:-5000 20000}
+CPU_ROUNDS=${CPU_ROUNDS:-3}
 CONNECTS=${CONNECTS:-10000}
 CONNECT_RATE=${CONNECT_RATE:-20000}
 PERF_RECORDS=${PERF_RECORDS:-100000}
@@ -809,22 +814,28 @@ PY
   done
 
   # 2. CPU per message: plain fan-in, Herald in open mode and Mosquitto as in part A.
-  for kind in herald mosquitto; do
-    step cpu || break
-    start_broker "$kind" || die "$kind did not start (log: $DIR/$kind.log)"
-    # Its CPU use while idle (5 s), which the runs' CPU-seconds include.
-    p0=$(proc_ticks "$BROKER_PID")
-    sleep 5
-    p1=$(proc_ticks "$BROKER_PID")
-    printf '{"broker": "%s", "idle_cpu_per_sec": %s}\n' "$kind" \
-      "$(python3 -c 'import sys; print(round((int(sys.argv[2]) - int(sys.argv[1])) / int(sys.argv[3]) / 5, 4))' \
-        "$p0" "$p1" "$HZ")" >"$DIR/$kind-idle.json"
-    for qos in 0 1; do
-      for rate in $CPU_RATES; do
-        scenario "$kind" "fanin-q$qos-$rate" "$qos" "$rate" 1 'bench/in/#' 100 'bench/in/%i'
+  # CPU_ROUNDS rounds, the brokers' order alternating, so that a machine that gets
+  # busier or quieter during the step weighs on both (the headline takes medians).
+  for round in $(seq "$CPU_ROUNDS"); do
+    order="herald mosquitto"
+    ((round % 2 == 0)) && order="mosquitto herald"
+    for kind in $order; do
+      step cpu || break 2
+      start_broker "$kind" || die "$kind did not start (log: $DIR/$kind.log)"
+      # Its CPU use while idle (5 s), which the runs' CPU-seconds include.
+      p0=$(proc_ticks "$BROKER_PID")
+      sleep 5
+      p1=$(proc_ticks "$BROKER_PID")
+      printf '{"broker": "%s", "idle_cpu_per_sec": %s}\n' "$kind" \
+        "$(python3 -c 'import sys; print(round((int(sys.argv[2]) - int(sys.argv[1])) / int(sys.argv[3]) / 5, 4))' \
+          "$p0" "$p1" "$HZ")" >"$DIR/$kind-idle-r$round.json"
+      for qos in 0 1; do
+        for rate in $CPU_RATES; do
+          scenario "$kind" "fanin-q$qos-$rate-r$round" "$qos" "$rate" 1 'bench/in/#' 100 'bench/in/%i'
+        done
       done
+      forget "$BROKER_PID"
     done
-    forget "$BROKER_PID"
   done
 
   # 3. The Kafka hop: Herald's PUBACK after Kafka, then Kafka's own Java producer
@@ -905,6 +916,7 @@ if has_part pinned; then
     echo "mem_sessions=$MEM_SESSIONS"
     echo "tls_sessions=$TLS_SESSIONS"
     echo "cpu_rates=$CPU_RATES"
+    echo "cpu_rounds=$CPU_ROUNDS"
     echo "connects=$CONNECTS"
     echo "connect_rate=$CONNECT_RATE"
     echo "perf_records=$PERF_RECORDS"
