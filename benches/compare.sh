@@ -392,6 +392,15 @@ deploy/kafka/kafka.sh start >/dev/null
 # --- part A: plain MQTT against each broker ----------------------------------------------------
 
 BROKER_PID='' BROKER_PORT=''
+# Settings both Mosquitto configurations share: per-client limits as Herald's defaults.
+MOSQUITTO_COMMON="persistence false
+max_inflight_messages 32
+max_queued_messages 1000
+set_tcp_nodelay true
+log_dest stderr
+log_type error
+log_type warning"
+
 start_broker() { # NAME: start it on its own port (pinned with BROKER_PIN); fails (and says why) if it does not serve
   # Writes its config and log into $DIR.
   local name=$1 dir=$DIR/$1
@@ -429,13 +438,7 @@ TOML
 # Mosquitto as a plain broker on its own port; per-client limits as Herald's defaults.
 listener $PORT_MOSQUITTO 127.0.0.1
 allow_anonymous true
-persistence false
-max_inflight_messages 32
-max_queued_messages 1000
-set_tcp_nodelay true
-log_dest stderr
-log_type error
-log_type warning
+$MOSQUITTO_COMMON
 CONF
     spawn "$DIR/mosquitto.log" "${BROKER_PIN[@]}" "$MOSQUITTO" -c "$DIR/mosquitto.conf"
     ;;
@@ -530,13 +533,7 @@ TOML
 per_listener_settings false
 allow_anonymous false
 password_file $ROOT/$DIR/mosquitto.passwd
-persistence false
-max_inflight_messages 32
-max_queued_messages 1000
-set_tcp_nodelay true
-log_dest stderr
-log_type error
-log_type warning
+$MOSQUITTO_COMMON
 listener $PORT_MOSQUITTO_AUTH 127.0.0.1
 listener $PORT_MOSQUITTO_TLS 127.0.0.1
 certfile $ROOT/$DIR/tls/cert.pem

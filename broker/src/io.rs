@@ -16,6 +16,22 @@ const READ_CHUNK: usize = 4096;
 /// from its session queue, so a slow reader builds a queue, not a buffer.
 pub(crate) const WRITE_HIGH_WATER: usize = 64 * 1024;
 
+/// Copies what fits of `pending` (bytes a stream adapter decoded and its
+/// reader has not taken yet) into `buf`, and releases `pending`'s memory once
+/// it is drained. False if `pending` was empty.
+pub(crate) fn read_pending<B: Buf + Default>(pending: &mut B, buf: &mut ReadBuf<'_>) -> bool {
+    if !pending.has_remaining() {
+        return false;
+    }
+    let n = pending.chunk().len().min(buf.remaining());
+    buf.put_slice(&pending.chunk()[..n]);
+    pending.advance(n);
+    if !pending.has_remaining() {
+        *pending = B::default();
+    }
+    true
+}
+
 pub(crate) enum IoEvent {
     /// New bytes are in the read buffer.
     Read,

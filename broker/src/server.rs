@@ -4,7 +4,7 @@
 use crate::config::{BrokerConfig, ConfigError};
 use crate::connection::{self, Accepted};
 use crate::proxy_protocol;
-use crate::tls::TlsAcceptor;
+use crate::tls::{TlsAcceptor, TlsStream};
 use crate::websocket::{Upgrader, WebSocketError, WsStream};
 use crate::{
     Authenticator, BrokerHandle, BrokerHooks, DelayedWills, FlappingDetector, Metrics, Registry,
@@ -309,6 +309,30 @@ fn connection_limit(config: &BrokerConfig) -> usize {
     max
 }
 
+/// Runs the TLS handshake on `stream`; a failed one is counted and logged.
+async fn tls_handshake(
+    shared: &Shared,
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+) -> Option<TlsStream<TcpStream>> {
+    let accepted = acceptor.accept(stream).await;
+    accepted
+        .map_err(|error| tls_handshake_failed(shared, Some(&error)))
+        .ok()
+}
+
+/// Counts a TLS handshake that failed (`error`) or ran out of time (`None`).
+fn tls_handshake_failed(shared: &Shared, error: Option<&io::Error>) {
+    shared
+        .metrics
+        .protocol_errors
+        .with_label_values(&["tls_handshake"])
+        .inc();
+    if let Some(error) = error {
+        tracing::debug!(%error, "TLS handshake failed");
+    }
+}
+
 /// What a listener runs on an accepted socket before MQTT.
 enum Transport {
     Mqtt,
@@ -427,27 +451,17 @@ async fn accept_loop(
                 tracker.spawn(connection::serve(Box::pin(async move {
                     let peer = terminal_address(&shared_conn, &mut stream, peer).await?;
                     let timeout = shared_conn.config.connect_timeout;
-                    let error = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => {
-                            return Some(Accepted {
-                                shared: shared_conn,
-                                stream: tls_stream,
-                                peer,
-                                handshake: guard,
-                            })
-                        }
-                        Ok(Err(error)) => Some(error),
-                        Err(_) => None,
+                    let handshake = tls_handshake(&shared_conn, &acceptor, stream);
+                    let Ok(tls_stream) = tokio::time::timeout(timeout, handshake).await else {
+                        tls_handshake_failed(&shared_conn, None);
+                        return None;
                     };
-                    shared_conn
-                        .metrics
-                        .protocol_errors
-                        .with_label_values(&["tls_handshake"])
-                        .inc();
-                    if let Some(error) = error {
-                        tracing::debug!(%error, "TLS handshake failed");
-                    }
-                    None
+                    Some(Accepted {
+                        shared: shared_conn,
+                        stream: tls_stream?,
+                        peer,
+                        handshake: guard,
+                    })
                 })));
             }
             Transport::WebSocket(upgrader) => {
@@ -472,18 +486,8 @@ async fn accept_loop(
                     // One connect timeout for the TLS handshake and the upgrade.
                     let timeout = shared_conn.config.connect_timeout;
                     let upgraded = tokio::time::timeout(timeout, async {
-                        match acceptor.accept(stream).await {
-                            Ok(tls_stream) => Some(upgrader.accept(tls_stream).await),
-                            Err(error) => {
-                                shared_conn
-                                    .metrics
-                                    .protocol_errors
-                                    .with_label_values(&["tls_handshake"])
-                                    .inc();
-                                tracing::debug!(%error, "TLS handshake failed");
-                                None
-                            }
-                        }
+                        let tls_stream = tls_handshake(&shared_conn, &acceptor, stream).await?;
+                        Some(upgrader.accept(tls_stream).await)
                     })
                     .await;
                     // None: the TLS handshake failed, counted as such.

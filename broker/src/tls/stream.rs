@@ -10,6 +10,7 @@
 //! flights, session tickets, a key update's answer, close_notify) is queued
 //! with the rest and goes out before the stream waits for the peer.
 
+use bytes::BytesMut;
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{
     ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
@@ -32,9 +33,8 @@ pub(crate) struct TlsStream<S> {
     conn: UnbufferedServerConnection,
     /// Encrypted bytes received and not yet processed.
     incoming: Vec<u8>,
-    /// Decrypted application data, read from `plaintext_read` on.
-    plaintext: Vec<u8>,
-    plaintext_read: usize,
+    /// Decrypted application data not yet read.
+    plaintext: BytesMut,
     /// Encrypted bytes to send, sent up to `outgoing_sent`.
     outgoing: Vec<u8>,
     outgoing_sent: usize,
@@ -69,8 +69,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
             io,
             conn,
             incoming: Vec::new(),
-            plaintext: Vec::new(),
-            plaintext_read: 0,
+            plaintext: BytesMut::new(),
             outgoing: Vec::new(),
             outgoing_sent: 0,
             eof: false,
@@ -195,15 +194,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
-            let unread = &this.plaintext[this.plaintext_read..];
-            if !unread.is_empty() {
-                let n = unread.len().min(buf.remaining());
-                buf.put_slice(&unread[..n]);
-                this.plaintext_read += n;
-                if this.plaintext_read == this.plaintext.len() {
-                    this.plaintext = Vec::new();
-                    this.plaintext_read = 0;
-                }
+            if crate::io::read_pending(&mut this.plaintext, buf) {
                 return Poll::Ready(Ok(()));
             }
             if this.peer_closed {

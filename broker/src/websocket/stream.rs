@@ -9,7 +9,7 @@
 //! authentication.
 
 use super::WebSocketError;
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use std::io;
 use std::pin::Pin;
@@ -151,14 +151,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
-            if !this.pending.is_empty() {
-                let n = this.pending.len().min(buf.remaining());
-                buf.put_slice(&this.pending[..n]);
-                this.pending.advance(n);
-                if this.pending.is_empty() {
-                    // Drop the reference that keeps the message's buffer alive.
-                    this.pending = Bytes::new();
-                }
+            // Drained, `pending` drops the reference that keeps the message's buffer alive.
+            if crate::io::read_pending(&mut this.pending, buf) {
                 return Poll::Ready(Ok(()));
             }
             // tungstenite answers pings and close frames itself while reading.
