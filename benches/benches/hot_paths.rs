@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the per-message and per-connection hot paths:
 //! MQTT decode/encode, credential verification, routing and ACL checks,
-//! protobuf and JSON contracts, spoken amounts, the TLS record path.
+//! protobuf and JSON contracts, spoken amounts, the TLS record path, and a
+//! connection's event loop end to end over loopback TCP.
 //!
 //! `cargo bench -p herald-benches` (results in target/criterion/).
 
@@ -220,12 +221,110 @@ fn tls_benches(c: &mut Criterion) {
     group.finish();
 }
 
+/// A connection's event loop end to end: a broker in open mode and its
+/// clients on one thread over loopback TCP, so one iteration is the CPU of
+/// one message through Herald plus the system calls that carry it. QoS 1: a
+/// PUBLISH to its PUBACK; QoS 0: a PUBLISH to its delivery to a subscriber
+/// (fan-in's two rows).
+fn connection_benches(c: &mut Criterion) {
+    use herald_broker::{AuthMode, Broker, BrokerConfig, BrokerHooks};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// An MQTT 3.1.1 client in, clean session, keepalive 60 s.
+    async fn connect(addr: std::net::SocketAddr, client_id: &str) -> TcpStream {
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60];
+        body.extend((client_id.len() as u16).to_be_bytes());
+        body.extend(client_id.as_bytes());
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        stream.write_all(&[0x10, body.len() as u8]).await.unwrap();
+        stream.write_all(&body).await.unwrap();
+        let mut connack = [0u8; 4];
+        stream.read_exact(&mut connack).await.unwrap();
+        assert_eq!(connack, [0x20, 2, 0, 0]);
+        stream
+    }
+    fn publish(topic: &str, qos: QoS) -> Vec<u8> {
+        let mut publish = Publish::new(topic, qos, Bytes::from(vec![7u8; 256]), None);
+        publish.pkid = u16::from(qos != QoS::AtMostOnce);
+        let mut out = BytesMut::new();
+        codec::write(
+            ProtocolVersion::V311,
+            &codec::Packet::Publish(publish),
+            &mut out,
+        )
+        .unwrap();
+        out.to_vec()
+    }
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let registry = prometheus::Registry::new();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (_broker, mut publisher, mut subscriber) = rt.block_on(async {
+        let mut config = BrokerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..Default::default()
+        };
+        config.auth.mode = AuthMode::Open;
+        let broker = Broker::start(config, BrokerHooks::default(), &registry, shutdown.clone())
+            .await
+            .unwrap();
+        let publisher = connect(broker.local_addr(), "bench-publisher").await;
+        let mut subscriber = connect(broker.local_addr(), "bench-subscriber").await;
+        let filter = b"bench/down";
+        let mut subscribe = vec![
+            0x82,
+            (2 + 2 + filter.len() + 1) as u8,
+            0,
+            1,
+            0,
+            filter.len() as u8,
+        ];
+        subscribe.extend(filter);
+        subscribe.push(0);
+        subscriber.write_all(&subscribe).await.unwrap();
+        let mut suback = [0u8; 5];
+        subscriber.read_exact(&mut suback).await.unwrap();
+        assert_eq!(suback, [0x90, 3, 0, 1, 0]);
+        (broker, publisher, subscriber)
+    });
+    let qos1 = publish("bench/up", QoS::AtLeastOnce);
+    let qos0 = publish("bench/down", QoS::AtMostOnce);
+    let mut group = c.benchmark_group("connection_256B");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("qos1_publish_to_puback", |b| {
+        let mut puback = [0u8; 4];
+        b.iter(|| {
+            rt.block_on(async {
+                publisher.write_all(&qos1).await.unwrap();
+                publisher.read_exact(&mut puback).await.unwrap();
+            })
+        })
+    });
+    group.bench_function("qos0_publish_to_delivery", |b| {
+        let mut delivered = vec![0u8; qos0.len()];
+        b.iter(|| {
+            rt.block_on(async {
+                publisher.write_all(&qos0).await.unwrap();
+                subscriber.read_exact(&mut delivered).await.unwrap();
+            })
+        })
+    });
+    group.finish();
+    shutdown.cancel();
+}
+
 criterion_group!(
     benches,
     codec_benches,
     auth_benches,
     routing_benches,
     schema_benches,
-    tls_benches
+    tls_benches,
+    connection_benches
 );
 criterion_main!(benches);

@@ -38,6 +38,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::time::Sleep;
 use tokio_util::sync::PollSemaphore;
 use tracing::{debug, info, warn};
 
@@ -206,6 +207,14 @@ struct Connection {
     will: Option<Box<Will>>,
     keepalive: Duration,
     last_activity: Instant,
+    /// The connection's one timer, for the earliest of its deadlines
+    /// ([`Connection::next_deadline`]); armed at `timer_at`, idle without it.
+    /// It lives as long as the connection and is reset only when a deadline
+    /// comes earlier than it; the keepalive deadline moving later with every
+    /// packet does not touch it: when it fires too early it is armed again
+    /// (`on_timer`). So a packet costs no timer-wheel work.
+    timer: Pin<Box<Sleep>>,
+    timer_at: Option<Instant>,
     pending: FuturesOrdered<PendingAck>,
     reserved: Option<OwnedSemaphorePermit>,
     /// Set while reading waits for a global in-flight permit: boxed, and
@@ -237,11 +246,12 @@ enum DrainStage {
     Closing,
 }
 
-/// Sleeps until `at`, or forever without one (a disabled `select!` branch).
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
-        None => std::future::pending().await,
+/// Whether deadline `a` comes before `b`; `None` is never.
+fn sooner(a: Option<Instant>, b: Option<Instant>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a < b,
+        (Some(_), None) => true,
+        (None, _) => false,
     }
 }
 
@@ -271,11 +281,14 @@ impl Connection {
                 < usize::from(self.shared.config.max_inflight_uplinks)
                 && self.permit_wait.is_none()
                 && !closing;
-            // One timer and one cancellation future per loop: every select
-            // branch lives in the task of every idle connection, so each one
-            // adds to the memory per session.
-            // A drain or shutdown arrives as a wake-up too.
-            let next_timer = self.next_deadline();
+            // Every select branch lives in the task of every idle connection,
+            // so each one adds to the memory per session: the timer lives in
+            // the connection, and a drain or shutdown arrives as a wake-up.
+            let next = self.next_deadline();
+            if sooner(next, self.timer_at) {
+                self.arm_timer(next);
+            }
+            let timer_armed = self.timer_at.is_some();
             let event = tokio::select! {
                 biased;
                 _ = self.wake.notified() => Event::Wake,
@@ -285,7 +298,7 @@ impl Connection {
                     Some(wait) => wait.poll_acquire(cx),
                     None => std::task::Poll::Pending,
                 }), if self.permit_wait.is_some() => Event::Permit(permit),
-                _ = sleep_until_opt(next_timer), if next_timer.is_some() => Event::Timer,
+                () = self.timer.as_mut(), if timer_armed => Event::Timer,
             };
             let outcome = match event {
                 Event::Timer => self.on_timer(can_read),
@@ -332,8 +345,19 @@ impl Connection {
         [keepalive, slow, close].into_iter().flatten().min()
     }
 
-    /// Acts on whichever deadlines have passed.
+    fn arm_timer(&mut self, at: Option<Instant>) {
+        if let Some(at) = at {
+            self.timer
+                .as_mut()
+                .reset(tokio::time::Instant::from_std(at));
+        }
+        self.timer_at = at;
+    }
+
+    /// Acts on whichever deadlines have passed; the loop arms the timer
+    /// again for the next one.
     fn on_timer(&mut self, reading: bool) -> Result<(), CloseReason> {
+        self.timer_at = None;
         let now = Instant::now();
         if matches!(self.drain, DrainStage::ClosesAt(at) if now >= at) {
             // Its moment in the drain: finish the uplinks in flight, then close.
