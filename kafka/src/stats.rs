@@ -18,6 +18,12 @@
 //!   round trips over the last interval (NaN when there was none, as in a
 //!   summary). A consumer's fetches wait at the broker for data up to
 //!   `fetch.wait.max.ms`, which its RTT includes;
+//! - `herald_kafka_broker_int_latency_seconds{broker, quantile}`: producers:
+//!   how long records waited in the producer's queue before going into a
+//!   request to that broker (`linger.ms` included);
+//! - `herald_kafka_broker_outbuf_latency_seconds{broker, quantile}`: how long
+//!   requests waited to be sent (a full in-flight window, a busy connection).
+//!   With the round trip these three split a produce's time;
 //! - `herald_kafka_broker_outbuf_requests{broker}`: requests waiting to be sent;
 //! - `herald_kafka_broker_inflight_requests{broker}`: requests sent, awaiting
 //!   the broker's response;
@@ -56,7 +62,7 @@ pub fn with_statistics(client: &mut ClientConfig, interval: Duration) {
 }
 
 /// The quantiles of the brokers' RTT window exported, with their labels.
-const RTT_QUANTILES: [&str; 2] = ["0.5", "0.99"];
+const QUANTILES: [&str; 2] = ["0.5", "0.99"];
 
 /// The metrics every [`StatsContext`] of a registry updates. Cloning shares
 /// them.
@@ -68,6 +74,8 @@ pub struct KafkaStatsMetrics {
     tx_bytes: IntCounterVec,
     rx_bytes: IntCounterVec,
     rtt: GaugeVec,
+    int_latency: GaugeVec,
+    outbuf_latency: GaugeVec,
     outbuf_requests: IntGaugeVec,
     inflight_requests: IntGaugeVec,
     consumer_lag: IntGaugeVec,
@@ -83,6 +91,9 @@ impl KafkaStatsMetrics {
         };
         let counter =
             |name: &str, help: &str| IntCounterVec::new(Opts::new(name, help), &["client"]);
+        let window = |name: &str, help: &str| {
+            GaugeVec::new(Opts::new(name, help), &["client", "broker", "quantile"])
+        };
         let metrics = Self {
             queue_messages: gauge(
                 "herald_kafka_client_queue_messages",
@@ -107,12 +118,17 @@ impl KafkaStatsMetrics {
                 "herald_kafka_client_rx_bytes_total",
                 "Bytes received from the Kafka brokers.",
             )?,
-            rtt: GaugeVec::new(
-                Opts::new(
-                    "herald_kafka_broker_rtt_seconds",
-                    "Request round trip to a broker over the last statistics interval, by quantile (NaN: no request); includes a fetch's wait for data.",
-                ),
-                &["client", "broker", "quantile"],
+            rtt: window(
+                "herald_kafka_broker_rtt_seconds",
+                "Request round trip to a broker over the last statistics interval, by quantile (NaN: no request); includes a fetch's wait for data.",
+            )?,
+            int_latency: window(
+                "herald_kafka_broker_int_latency_seconds",
+                "Time produced records waited in the producer's queue before going into a request to a broker (linger included), over the last statistics interval, by quantile (NaN: none).",
+            )?,
+            outbuf_latency: window(
+                "herald_kafka_broker_outbuf_latency_seconds",
+                "Time requests waited to be sent to a broker, over the last statistics interval, by quantile (NaN: none).",
             )?,
             outbuf_requests: gauge(
                 "herald_kafka_broker_outbuf_requests",
@@ -136,10 +152,20 @@ impl KafkaStatsMetrics {
         registry.register(Box::new(metrics.tx_bytes.clone()))?;
         registry.register(Box::new(metrics.rx_bytes.clone()))?;
         registry.register(Box::new(metrics.rtt.clone()))?;
+        registry.register(Box::new(metrics.int_latency.clone()))?;
+        registry.register(Box::new(metrics.outbuf_latency.clone()))?;
         registry.register(Box::new(metrics.outbuf_requests.clone()))?;
         registry.register(Box::new(metrics.inflight_requests.clone()))?;
         registry.register(Box::new(metrics.consumer_lag.clone()))?;
         Ok(metrics)
+    }
+}
+
+impl KafkaStatsMetrics {
+    /// The gauges of librdkafka's rolling windows, in the order of a broker
+    /// report's `rtt`, `int_latency`, `outbuf_latency`.
+    fn windows(&self) -> [&GaugeVec; 3] {
+        [&self.rtt, &self.int_latency, &self.outbuf_latency]
     }
 }
 
@@ -224,16 +250,20 @@ impl StatsContext {
             } else {
                 broker.name.as_str()
             };
-            let (p50, p99) = match &broker.rtt {
-                Some(rtt) if rtt.cnt > 0 => {
-                    (micros_to_seconds(rtt.p50), micros_to_seconds(rtt.p99))
+            for (gauge, window) in m.windows().into_iter().zip([
+                &broker.rtt,
+                &broker.int_latency,
+                &broker.outbuf_latency,
+            ]) {
+                let (p50, p99) = match window {
+                    Some(w) if w.cnt > 0 => (micros_to_seconds(w.p50), micros_to_seconds(w.p99)),
+                    _ => (f64::NAN, f64::NAN),
+                };
+                for (quantile, value) in QUANTILES.into_iter().zip([p50, p99]) {
+                    gauge
+                        .with_label_values(&[client, name, quantile])
+                        .set(value);
                 }
-                _ => (f64::NAN, f64::NAN),
-            };
-            for (quantile, value) in RTT_QUANTILES.into_iter().zip([p50, p99]) {
-                m.rtt
-                    .with_label_values(&[client, name, quantile])
-                    .set(value);
             }
             m.outbuf_requests
                 .with_label_values(&[client, name])
@@ -272,8 +302,10 @@ impl StatsContext {
 
     fn remove_broker(&self, broker: &str) {
         let (m, client) = (&self.metrics, self.client.as_str());
-        for quantile in RTT_QUANTILES {
-            let _ = m.rtt.remove_label_values(&[client, broker, quantile]);
+        for gauge in m.windows() {
+            for quantile in QUANTILES {
+                let _ = gauge.remove_label_values(&[client, broker, quantile]);
+            }
         }
         let _ = m.outbuf_requests.remove_label_values(&[client, broker]);
         let _ = m.inflight_requests.remove_label_values(&[client, broker]);
@@ -411,6 +443,26 @@ mod tests {
             ),
             Some(0.0042)
         );
+        assert_eq!(
+            get(
+                "herald_kafka_broker_int_latency_seconds",
+                &[broker, ("quantile", "0.5")]
+            ),
+            Some(0.0023)
+        );
+        assert_eq!(
+            get(
+                "herald_kafka_broker_int_latency_seconds",
+                &[broker, ("quantile", "0.99")]
+            ),
+            Some(0.0031)
+        );
+        // No request waited to be sent in the window: NaN, not 0.
+        let outbuf = get(
+            "herald_kafka_broker_outbuf_latency_seconds",
+            &[broker, ("quantile", "0.5")],
+        );
+        assert!(outbuf.is_some_and(f64::is_nan), "{outbuf:?}");
         assert_eq!(
             get("herald_kafka_broker_outbuf_requests", &[broker]),
             Some(2.0)
