@@ -383,11 +383,11 @@ impl Connection {
             wake,
             will,
             // MQTT: the server may close after 1.5 keepalive periods of silence.
-            keepalive: Duration::from_millis(u64::from(keepalive) * 1500),
+            keepalive_ms: u32::from(keepalive) * 1500,
             last_activity: Instant::now(),
             // Armed by the event loop; a Sleep is registered on its first poll.
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
-            timer_at: None,
+            timer_armed: false,
             pending: FuturesOrdered::new(),
             reserved: None,
             permit_wait: None,

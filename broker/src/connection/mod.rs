@@ -205,16 +205,21 @@ struct Connection {
     version: ProtocolVersion,
     wake: Arc<Notify>,
     will: Option<Box<Will>>,
-    keepalive: Duration,
+    /// 1.5 × the keepalive in milliseconds, 0 for none. Milliseconds in a
+    /// `u32` rather than a `Duration`, like `timer_armed` rather than an
+    /// `Option<Instant>`: they keep [`Live`] within jemalloc's 384-byte size
+    /// class, 64 B of every session (docs/benchmarks.md, "The connection's
+    /// timer").
+    keepalive_ms: u32,
     last_activity: Instant,
     /// The connection's one timer, for the earliest of its deadlines
-    /// ([`Connection::next_deadline`]); armed at `timer_at`, idle without it.
-    /// It lives as long as the connection and is reset only when a deadline
-    /// comes earlier than it; the keepalive deadline moving later with every
-    /// packet does not touch it: when it fires too early it is armed again
-    /// (`on_timer`). So a packet costs no timer-wheel work.
+    /// ([`Connection::next_deadline`]), when `timer_armed`. It lives as long
+    /// as the connection and is reset only when a deadline comes earlier than
+    /// it; the keepalive deadline moving later with every packet does not
+    /// touch it: when it fires too early it is armed again (`on_timer`). So a
+    /// packet costs no timer-wheel work.
     timer: Pin<Box<Sleep>>,
-    timer_at: Option<Instant>,
+    timer_armed: bool,
     pending: FuturesOrdered<PendingAck>,
     reserved: Option<OwnedSemaphorePermit>,
     /// Set while reading waits for a global in-flight permit: boxed, and
@@ -285,10 +290,10 @@ impl Connection {
             // so each one adds to the memory per session: the timer lives in
             // the connection, and a drain or shutdown arrives as a wake-up.
             let next = self.next_deadline();
-            if sooner(next, self.timer_at) {
+            if sooner(next, self.timer_at()) {
                 self.arm_timer(next);
             }
-            let timer_armed = self.timer_at.is_some();
+            let timer_armed = self.timer_armed;
             let event = tokio::select! {
                 biased;
                 _ = self.wake.notified() => Event::Wake,
@@ -334,7 +339,7 @@ impl Connection {
     /// The earliest of the deadlines this connection keeps: keepalive, the
     /// slow-subscriber timeout while its queue is full, its drain moment.
     fn next_deadline(&self) -> Option<Instant> {
-        let keepalive = (!self.keepalive.is_zero()).then(|| self.last_activity + self.keepalive);
+        let keepalive = self.keepalive().map(|period| self.last_activity + period);
         let slow = self
             .congested_since
             .map(|since| since + self.shared.config.slow_subscriber_timeout);
@@ -345,19 +350,29 @@ impl Connection {
         [keepalive, slow, close].into_iter().flatten().min()
     }
 
+    /// The silence after which the client is gone (1.5 × its keepalive).
+    fn keepalive(&self) -> Option<Duration> {
+        (self.keepalive_ms > 0).then(|| Duration::from_millis(self.keepalive_ms.into()))
+    }
+
+    /// When the timer fires, if it is armed.
+    fn timer_at(&self) -> Option<Instant> {
+        self.timer_armed.then(|| self.timer.deadline().into_std())
+    }
+
     fn arm_timer(&mut self, at: Option<Instant>) {
         if let Some(at) = at {
             self.timer
                 .as_mut()
                 .reset(tokio::time::Instant::from_std(at));
         }
-        self.timer_at = at;
+        self.timer_armed = at.is_some();
     }
 
     /// Acts on whichever deadlines have passed; the loop arms the timer
     /// again for the next one.
     fn on_timer(&mut self, reading: bool) -> Result<(), CloseReason> {
-        self.timer_at = None;
+        self.timer_armed = false;
         let now = Instant::now();
         if matches!(self.drain, DrainStage::ClosesAt(at) if now >= at) {
             // Its moment in the drain: finish the uplinks in flight, then close.
@@ -374,7 +389,10 @@ impl Connection {
             );
             return Err(CloseReason::SlowSubscriber);
         }
-        if !self.keepalive.is_zero() && now >= self.last_activity + self.keepalive {
+        if self
+            .keepalive()
+            .is_some_and(|period| now >= self.last_activity + period)
+        {
             if !reading {
                 // Herald stopped reading (backpressure): the client's
                 // PINGREQs may be waiting unread in the socket.
