@@ -61,7 +61,8 @@ pub fn with_statistics(client: &mut ClientConfig, interval: Duration) {
     client.set("statistics.interval.ms", ms.to_string());
 }
 
-/// The quantiles of the brokers' RTT window exported, with their labels.
+/// The quantiles exported of librdkafka's rolling windows (round trip, queue
+/// wait, send wait), as their labels.
 const QUANTILES: [&str; 2] = ["0.5", "0.99"];
 
 /// The metrics every [`StatsContext`] of a registry updates. Cloning shares
@@ -159,9 +160,7 @@ impl KafkaStatsMetrics {
         registry.register(Box::new(metrics.consumer_lag.clone()))?;
         Ok(metrics)
     }
-}
 
-impl KafkaStatsMetrics {
     /// The gauges of librdkafka's rolling windows, in the order of a broker
     /// report's `rtt`, `int_latency`, `outbuf_latency`.
     fn windows(&self) -> [&GaugeVec; 3] {
