@@ -168,14 +168,19 @@ topic = "{topic_prefix}.presence"
         herald
     }
 
+    /// Waits until the MQTT and the HTTP listener accept: Herald opens the
+    /// HTTP one a little later, and a test that reads `/metrics` right after
+    /// its first MQTT exchange would otherwise read nothing.
     fn wait_for_listener(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(self.mqtt).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "herald did not open its MQTT port"
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        for (port, what) in [(self.mqtt, "MQTT"), (self.http, "HTTP")] {
+            while TcpStream::connect(port).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "herald did not open its {what} port"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
     }
 
