@@ -50,6 +50,17 @@ fn handshake_errors(broker: &TestBroker) -> u64 {
     )
 }
 
+/// Asserts that `expected` failed handshakes get counted. The listener counts
+/// one after it has answered or closed, so the client may see the answer
+/// first: wait for the count (a few seconds at most).
+async fn assert_handshake_errors(broker: &TestBroker, expected: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while handshake_errors(broker) < expected && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(handshake_errors(broker), expected);
+}
+
 /// Runs tests/paho_websocket.py with `args`; panics with its output on failure.
 async fn paho(args: &[&str]) {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/paho_websocket.py");
@@ -117,7 +128,7 @@ async fn a_wrong_path_is_refused_with_404() {
         response.starts_with("HTTP/1.1 404"),
         "expected 404, got {response:?}"
     );
-    assert_eq!(handshake_errors(&broker), 1);
+    assert_handshake_errors(&broker, 1).await;
 
     paho(&[
         "--port",
@@ -127,7 +138,7 @@ async fn a_wrong_path_is_refused_with_404() {
         "--expect-refused",
     ])
     .await;
-    assert_eq!(handshake_errors(&broker), 2);
+    assert_handshake_errors(&broker, 2).await;
 }
 
 /// An upgrade request larger than the listener reads is closed unanswered
@@ -141,7 +152,7 @@ async fn an_oversized_upgrade_request_is_closed() {
         !response.starts_with("HTTP/1.1 101"),
         "upgraded: {response:?}"
     );
-    assert_eq!(handshake_errors(&broker), 1);
+    assert_handshake_errors(&broker, 1).await;
 }
 
 /// Sends a WebSocket upgrade request for `path` (with `extra` header lines)
